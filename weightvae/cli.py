@@ -1,0 +1,36 @@
+"""The `weightvae` command: each subcommand runs one pipeline stage without DVC.
+
+`dvc.yaml` calls the thin scripts in `stages/`, which use the same `add_arguments` and
+`run` of each stage's module, so a stage run by DVC and by hand are the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from weightvae.params import run_command
+
+#: subcommand -> (module with `add_arguments(parser)` and `run(args)`, help)
+COMMANDS = {
+    "zoo": ("weightvae.zoo", "train the default model zoo (params section `zoo:`)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="weightvae",
+        description="Generative models of neural-network weights. Each subcommand is one stage of dvc.yaml.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        mod.add_arguments(sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).split("\n\n")[0]))
+    args = parser.parse_args(argv)
+    return run_command(args.command, importlib.import_module(COMMANDS[args.command][0]).run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

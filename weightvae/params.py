@@ -1,0 +1,121 @@
+"""Typed params: each `params.yaml` section maps to a frozen dataclass.
+
+`load_section` is the one loader: it rejects unknown keys (a typo is an error, not a
+silently ignored setting) and values of the wrong type, naming the key and what is allowed.
+Range checks live in each dataclass's `__post_init__` and raise `ParamsError` too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A bad value in params.yaml; the message names the key, the value and what is allowed."""
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return _check_type(key, value, arm)
+            except ParamsError as e:
+                errors.append(str(e))
+        raise ParamsError(f"{key}: {value!r} is not allowed; expected {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ParamsError(f"{key}: {value!r} is not allowed; expected null")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{key}: {value!r} is not allowed; expected a list ({_type_name(tp)})")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ParamsError(f"{key}: {value!r} must have {len(args)} items ({_type_name(tp)})")
+            return tuple(_check_type(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        arm = args[0] if args else Any
+        return tuple(_check_type(f"{key}[{i}]", v, arm) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: {value!r} is not allowed; expected a mapping")
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {_check_type(key, k, kt): _check_type(f"{key}.{k}", v, vt) for k, v in value.items()}
+    if origin is typing.Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ParamsError(f"{key}: {value!r} is not allowed; choose one of {list(typing.get_args(tp))}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ParamsError(f"{key}: {value!r} is not allowed; expected {_type_name(tp)}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def build(cls: type[T], data: dict[str, Any] | None, section: str) -> T:
+    """Build dataclass `cls` from `data`, checking keys and types."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ParamsError(f"{section}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ParamsError(
+            f"{section}.{unknown[0]}: unknown key; allowed keys are {sorted(fields)}"
+        )
+    kwargs = {k: _check_type(f"{section}.{k}", v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_section(path: str | Path, section: str, cls: type[T]) -> T:
+    """Load and validate section `section` of the params file at `path`."""
+    return build(cls, read_yaml(path).get(section), section)
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise a ParamsError naming `key`, `value` and what is `allowed` unless `ok`."""
+    if not ok:
+        raise ParamsError(f"{key}: {value!r} is not allowed; {allowed}")
+
+
+def run_command(name: str, func: Any, args: Any) -> int:
+    """Run a stage's `run(args)`, turning a ParamsError into one clear line and exit code 2."""
+    import sys
+
+    try:
+        func(args)
+    except ParamsError as e:
+        print(f"weightvae {name}: bad params: {e}", file=sys.stderr)
+        return 2
+    return 0
