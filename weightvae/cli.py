@@ -16,6 +16,10 @@ from weightvae.params import run_command
 #: subcommand -> (module with `add_arguments(parser)` and `run(args)`, help)
 COMMANDS = {
     "zoo": ("weightvae.zoo", "train the default model zoo (params section `zoo:`)"),
+    "ingest": ("weightvae.ingest", "zoo folder -> Parquet + tensor shards with leak-free splits (`ingest:`)"),
+    "train": ("weightvae.train", "train the weight VAE with Lightning (`train:`)"),
+    "reconstruct": ("weightvae.reconstruct", "reconstruct val/test models and sample new ones (`reconstruct:`)"),
+    "evaluate": ("weightvae.evaluate", "evaluate reconstructions and samples as networks (`evaluate:`)"),
 }
 
 

@@ -1,0 +1,323 @@
+import json
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from weightvae import FORMAT_VERSION
+from weightvae.ingest import SPLITS, IngestError, IngestParams, ingest, split_of
+from weightvae.layout import Layout
+from weightvae.params import ParamsError, build
+
+ROOT = Path(__file__).resolve().parents[1]
+quiet = {"log": lambda *_: None}
+
+
+def _ingest(zoo, out, **kw):
+    return ingest(IngestParams(zoo_dir=str(zoo), **{"workers": 1, **kw}), out, **quiet)
+
+
+@pytest.fixture(scope="module")
+def shards(tiny_zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ingest") / "shards"
+    metrics = _ingest(tiny_zoo[0], out)
+    return out, metrics
+
+
+def _table(out):
+    return pq.read_table(out / "models.parquet").to_pylist()
+
+
+def _mini_zoo(tiny_zoo, path, n=2):
+    """A folder with the first n files of the tiny zoo (digits-cnn-0000, epochs 1 and 2)."""
+    path.mkdir()
+    for f in sorted(tiny_zoo[0].glob("*.pt"))[:n]:
+        shutil.copy(f, path / f.name)
+    return path
+
+
+def test_outputs_hold_every_checkpoint_once_with_its_exact_vector(tiny_zoo, shards):
+    out, metrics = shards
+    assert sorted(p.name for p in out.iterdir()) == ["layouts.json", "manifest.json", "models.parquet", "stats.json",
+                                                     "test.npy", "train.npy", "val.npy"]
+    rows = _table(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["max_len"] == 2410  # the longest (mlp)
+    assert len(rows) == metrics["models"] == 10 and len({r["id"] for r in rows}) == 10
+    assert metrics["rejected"] == [] and metrics["splits"] == {s: sum(r["split"] == s for r in rows) for s in SPLITS}
+    order = [(SPLITS.index(r["split"]), r["id"]) for r in rows]
+    assert order == sorted(order)
+    layouts = {k: Layout.from_dict(v) for k, v in json.loads((out / "layouts.json").read_text()).items()}
+    assert {r["architecture"]: r["layout_id"] for r in rows} == {"cnn": "8368dcb6efaeaf34",
+                                                                 "mlp": layouts["5fc5166322bf187e"].layout_id}
+    for split in SPLITS:
+        arr = np.load(out / f"{split}.npy", mmap_mode="r")
+        part = [r for r in rows if r["split"] == split]
+        assert arr.dtype == np.float32 and arr.shape == (len(part), 2410)
+        assert [r["row"] for r in part] == list(range(len(part)))
+        for r in part:
+            rec = torch.load(tiny_zoo[0] / r["source_path"], weights_only=True)
+            mp = rec["model_properties"]
+            assert r["id"] == f"{mp['run_id']}/e{mp['epoch']:03d}" and r["test_acc"] == mp["metrics"]["test_acc"]
+            assert json.loads(r["arch_kwargs"]) == mp["architecture"]["kwargs"] and r["task"] == "digits"
+            vec = layouts[r["layout_id"]].flatten(rec["state_dict"]).numpy()
+            assert r["length"] == len(vec) and np.array_equal(arr[r["row"], :len(vec)], vec)
+            assert not arr[r["row"], len(vec):].any()  # zero padding
+
+
+def test_stats_are_the_train_split_mean_and_std_of_each_tensor(shards):
+    out, _ = shards
+    rows = [r for r in _table(out) if r["split"] == "train"]
+    train = np.load(out / "train.npy").astype(np.float64)
+    stats = json.loads((out / "stats.json").read_text())
+    for lid, d in json.loads((out / "layouts.json").read_text()).items():
+        mine = train[[r["row"] for r in rows if r["layout_id"] == lid]]
+        assert stats[lid]["train_count"] == len(mine) > 0
+        for e in Layout.from_dict(d).learned:
+            x = mine[:, e.offset:e.offset + e.numel]
+            s = stats[lid]["tensors"][e.name]
+            assert s["mean"] == pytest.approx(x.mean(), rel=1e-9, abs=1e-12)
+            assert s["std"] == pytest.approx(x.std(), rel=1e-9)
+
+
+def test_splits_are_by_run_stable_and_unmoved_by_new_runs(tiny_zoo, shards, tmp_path):
+    out, _ = shards
+    rows = _table(out)
+    by_run = {}
+    for r in rows:
+        by_run.setdefault(r["run_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_run.values())  # no run in two splits
+    assert len({s for v in by_run.values() for s in v}) == 3  # this tiny zoo happens to fill all three
+    # a smaller zoo (some runs removed) keeps each remaining run where it was
+    small = _mini_zoo(tiny_zoo, tmp_path / "small", n=6)
+    again = {r["run_id"]: r["split"] for r in _table(_ingest_to(small, tmp_path / "s"))}
+    assert again == {run: next(iter(s)) for run, s in by_run.items() if run in again} and len(again) == 3
+    # the rule itself: a pure function of (run_id, salt), near the asked fractions
+    ids = [f"run-{i}" for i in range(4000)]
+    got = [split_of(i, "weightvae", (0.8, 0.1, 0.1)) for i in ids]
+    assert got == [split_of(i, "weightvae", (0.8, 0.1, 0.1)) for i in ids]
+    for name, frac in zip(SPLITS, (0.8, 0.1, 0.1)):
+        assert abs(got.count(name) / len(ids) - frac) < 0.02
+    assert {split_of(i, "weightvae", (1.0, 0.0, 0.0)) for i in ids} == {"train"}
+    assert {split_of(i, "weightvae", (0.5, 0.5, 0.0)) for i in ids} == {"train", "val"}
+    assert got != [split_of(i, "other-salt", (0.8, 0.1, 0.1)) for i in ids]
+
+
+def _ingest_to(zoo, out, **kw):
+    _ingest(zoo, out, **kw)
+    return out
+
+
+def test_outputs_are_byte_identical_across_runs_and_worker_counts(tiny_zoo, shards, tmp_path):
+    out, _ = shards
+    again = _ingest_to(tiny_zoo[0], tmp_path / "w2", workers=2, chunk_size=1)  # 10 chunks through 2 processes
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    for n in names:
+        assert (out / n).read_bytes() == (again / n).read_bytes(), n
+
+
+# ----------------------------------------------------------------------------- bad files
+
+
+class Evil:
+    """Unpickling this would run `open(marker, 'w')`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def _evil_zip(path, marker):
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "model_properties": Evil(marker)}, path)
+
+
+def _evil_raw(path, marker):
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": Evil(marker)}, f, protocol=2)
+
+
+@pytest.mark.parametrize("write", [_evil_zip, _evil_raw], ids=["torch-zip", "raw-pickle"])
+def test_malicious_pickle_is_refused_and_never_run(tiny_zoo, tmp_path, write):
+    zoo = _mini_zoo(tiny_zoo, tmp_path / "zoo")
+    marker = tmp_path / "pwned.txt"
+    write(zoo / "evil.pt", marker)
+    with pytest.raises(IngestError, match=r"zoo/evil\.pt: needs arbitrary pickle code .*refused") as e:
+        _ingest(zoo, tmp_path / "out", workers=2, chunk_size=1)  # the error stops the worker pool too
+    assert "exec" in str(e.value) and "ingest.on_error: skip" in str(e.value)
+    assert not (tmp_path / "out").exists() and not marker.exists()
+    m = _ingest(zoo, tmp_path / "out", on_error="skip")
+    assert m["models"] == 2 and [r["path"] for r in m["rejected"]] == ["evil.pt"]
+    assert not marker.exists()
+
+
+def test_pickles_the_safe_loader_cannot_read_are_refused_too(tiny_zoo, tmp_path):
+    zoo = _mini_zoo(tiny_zoo, tmp_path / "zoo")
+    marker = tmp_path / "pwned.txt"
+    with open(zoo / "evil.pt", "wb") as f:
+        pickle.dump({"state_dict": Evil(marker)}, f)  # protocol 4+: opcodes weights_only does not accept
+    with pytest.raises(IngestError, match=r"zoo/evil\.pt: uses pickle instructions that safe loading .*refused"):
+        _ingest(zoo, tmp_path / "out")
+    assert not marker.exists()
+
+
+def _nan_weights(zoo):
+    rec = torch.load(next(zoo.glob("*.pt")), weights_only=True)
+    rec["state_dict"]["fc1.weight"][0, :3] = float("nan")
+    rec["state_dict"]["fc2.bias"][1] = float("inf")
+    torch.save(rec, zoo / "bad.pt")
+
+
+def _symlink_outside(zoo):
+    outside = zoo.parent / "elsewhere.pt"
+    shutil.copy(next(zoo.glob("*.pt")), outside)
+    os.symlink(outside, zoo / "bad.pt")
+
+
+BAD_FILES = {
+    "zero-byte": (lambda zoo: (zoo / "bad.pt").write_bytes(b""), "empty file"),
+    "truncated": (lambda zoo: (zoo / "bad.pt").write_bytes(next(zoo.glob("*.pt")).read_bytes()[:3000]),
+                  "truncated or corrupt"),
+    "not-torch": (lambda zoo: (zoo / "bad.pth").write_text("hello"), "truncated or corrupt"),
+    "truncated-safetensors": (lambda zoo: (zoo / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{"),
+                              "cannot be read as safetensors"),
+    "nan-inf": (_nan_weights, r"non-finite weights .*'fc1.weight' \(3 NaN, 0 Inf\), 'fc2.bias' \(0 NaN, 1 Inf\)"),
+    "not-a-dict": (lambda zoo: torch.save([torch.zeros(3)], zoo / "bad.pt"), "holds a list, expected a dict"),
+    "non-tensor-value": (lambda zoo: torch.save({"w": torch.zeros(3), "note": "hi"}, zoo / "bad.pt"),
+                         r"state_dict\['note'\] is a str, not a tensor"),
+    "bad-properties": (lambda zoo: torch.save({"state_dict": {"w": torch.zeros(3)}, "model_properties": {"task": "t"}},
+                                              zoo / "bad.pt"), r"model_properties\['run_id'\]"),
+    "symlink-outside": (_symlink_outside, "symlink pointing outside the zoo folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_files_stop_ingest_naming_the_file_or_are_skipped_and_reported(tiny_zoo, tmp_path, case):
+    make, reason = BAD_FILES[case]
+    zoo = _mini_zoo(tiny_zoo, tmp_path / "zoo")
+    make(zoo)
+    name = next(p.name for p in zoo.iterdir() if p.stem == "bad")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("previous output")
+    with pytest.raises(IngestError, match=rf"zoo/{name}: .*{reason}"):
+        _ingest(zoo, tmp_path / "out")
+    # a failed ingest leaves the previous output as it was, and no temporary folder behind
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["zoo", "out"] + (["elsewhere.pt"] if "symlink" in case
+                                                                                  else []))
+    m = _ingest(zoo, tmp_path / "out", on_error="skip")
+    assert m["models"] == 2 and m["rejected_count"] == 1 and m["rejected"][0]["path"] == name
+    assert re.search(reason, m["rejected"][0]["reason"])
+    assert (tmp_path / "out" / "models.parquet").exists() and not (tmp_path / "out" / "old.txt").exists()
+
+
+def test_empty_or_missing_folder_and_all_bad_files_give_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README.md").write_text("not a checkpoint")
+    with pytest.raises(IngestError, match=r"empty: no \.pt, \.pth or \.safetensors files found"):
+        _ingest(tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(IngestError, match="missing: zoo folder not found"):
+        _ingest(tmp_path / "missing", tmp_path / "out")
+    (tmp_path / "empty" / "a.pt").write_bytes(b"")
+    with pytest.raises(IngestError, match=r"none of the 1 checkpoint files could be used \(first: a\.pt: is an empty"):
+        _ingest(tmp_path / "empty", tmp_path / "out", on_error="skip")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_longer_than_max_len_is_refused_never_truncated(tiny_zoo, tmp_path):
+    with pytest.raises(IngestError, match=r"digits-mlp-0000_e001\.pt: holds 2410 weights, more than "
+                                          r"ingest\.max_len = 2000 .*not truncated"):
+        _ingest(tiny_zoo[0], tmp_path / "out", max_len=2000)
+    m = _ingest(tiny_zoo[0], tmp_path / "out", max_len=2000, on_error="skip")
+    assert m["models"] == 6 and m["max_len"] == 2000
+    assert sorted(r["path"] for r in m["rejected"]) == sorted(p.name for p in tiny_zoo[0].glob("*mlp*"))
+    assert np.load(tmp_path / "out" / "train.npy").shape[1] == 2000
+    m = _ingest(tiny_zoo[0], tmp_path / "out", max_len=3000, split=(1.0, 0.0, 0.0))
+    assert m["max_len"] == 3000 and m["splits"] == {"train": 10, "val": 0, "test": 0}
+    for split in ("val", "test"):  # empty splits are [0, max_len], and memory-mappable
+        assert np.load(tmp_path / "out" / f"{split}.npy", mmap_mode="r").shape == (0, 3000)
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.bn = nn.BatchNorm2d(2)
+        self.head = nn.Linear(2, 2).half()
+
+
+def test_plain_state_dicts_and_safetensors_are_accepted(tmp_path):
+    zoo = tmp_path / "zoo"
+    (zoo / "sub").mkdir(parents=True)
+    torch.manual_seed(1)
+    sds = {}
+    for name in ("sub/net-a.pt", "net-b.pth"):
+        m = BNNet()
+        m.bn.num_batches_tracked += 7
+        sds[name] = m.state_dict()
+        torch.save(sds[name], zoo / name)
+    sds["net-c.safetensors"] = {k: v.contiguous() for k, v in BNNet().state_dict().items()}
+    save_file(sds["net-c.safetensors"], zoo / "net-c.safetensors")
+    m = _ingest(zoo, tmp_path / "out", split=(1.0, 0.0, 0.0))
+    # safetensors stores tensors sorted, not in module order: the same net there is a second layout
+    assert m["models"] == 3 and m["layouts"] == 2 and m["tasks"] == {"unknown": {"train": 3, "val": 0, "test": 0}}
+    rows = {r["source_path"]: r for r in _table(tmp_path / "out")}
+    assert {r["id"]: r["run_id"] for r in rows.values()} == {"sub/net-a": "net-a", "net-b": "net-b", "net-c": "net-c"}
+    train = np.load(tmp_path / "out" / "train.npy")
+    for name, sd in sds.items():
+        r = rows[name]
+        assert r["task"] == "unknown" and r["architecture"] == "unknown" and r["epoch"] is None
+        assert r["test_acc"] is None and json.loads(r["arch_kwargs"]) == {}
+        layout = Layout.from_dict(json.loads((tmp_path / "out" / "layouts.json").read_text())[r["layout_id"]])
+        back = layout.unflatten(torch.from_numpy(train[r["row"], :r["length"]]), json.loads(r["buffers"]))
+        assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in sd.items())
+    # format: weightvae insists on the zoo schema
+    with pytest.raises(IngestError, match="is not in the zoo schema"):
+        _ingest(zoo, tmp_path / "out", format="weightvae")
+
+
+def test_a_second_copy_of_a_checkpoint_is_refused(tiny_zoo, tmp_path):
+    zoo = _mini_zoo(tiny_zoo, tmp_path / "zoo")
+    first = sorted(zoo.iterdir())[0]
+    shutil.copy(first, zoo / "copy.pt")
+    with pytest.raises(IngestError, match=rf"zoo/{first.name}: is a second copy of checkpoint "
+                                          r"'digits-cnn-0000/e001' \(first in copy\.pt\)"):
+        _ingest(zoo, tmp_path / "out")
+
+
+def test_params_are_checked():
+    for bad, match in [({"split": [0.8, 0.1, 0.2]}, "ingest.split"), ({"max_len": 0}, "ingest.max_len"),
+                       ({"workers": 0}, "ingest.workers"), ({"on_error": "ignore"}, "ingest.on_error"),
+                       ({"split": [1.2, -0.1, -0.1]}, "ingest.split"), ({"zoo": "x"}, "ingest.zoo: unknown key")]:
+        with pytest.raises(ParamsError, match=match):
+            build(IngestParams, bad, "ingest")
+
+
+def test_stage_runs_end_to_end_and_fails_with_one_line(tiny_zoo, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"ingest:\n  zoo_dir: {tmp_path / 'nowhere'}\n  workers: 2\n")
+    cmd = [sys.executable, "stages/ingest.py", "--params", str(params), "--out", str(tmp_path / "shards"),
+           "--metrics", str(tmp_path / "metrics" / "ingest.json")]
+    proc = subprocess.run(cmd + ["--zoo-dir", str(tiny_zoo[0])], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "ingest: 10 models (5 runs, 2 layouts, max_len 2410)" in proc.stdout
+    metrics = json.loads((tmp_path / "metrics" / "ingest.json").read_text())
+    assert metrics["models"] == 10 and metrics["models_per_s"] > 0 and metrics["tasks"]["digits"]["train"] > 0
+    assert (tmp_path / "shards" / "train.npy").exists()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # zoo_dir from params: missing
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"weightvae ingest: {tmp_path / 'nowhere'}: zoo folder not found. "
+                                                "Build the zoo (`dvc repro zoo`) or point `ingest.zoo_dir` at a "
+                                                "folder of .pt/.pth/.safetensors checkpoints."]

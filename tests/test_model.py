@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from weightvae.model import VAE, VAEConfig, image_shape, layerwise_mse, masked_mse, vae_kwargs
+
+
+def tiny(max_len=50, n_layers=1, **loss):
+    return VAE(vae_kwargs(VAEConfig(max_len=max_len, channels=(4, 8), latent_dim=6)), loss or None, n_layers=n_layers)
+
+
+@pytest.mark.parametrize("length, levels, expected", [(1706, 3, (40, 44)), (50, 2, (8, 8)), (1, 1, (1, 1)),
+                                                      (100, 1, (10, 10)), (101, 1, (10, 11))])
+def test_image_shape_is_near_square_and_covers_the_vector(length, levels, expected):
+    h, w = image_shape(length, levels)
+    assert (h, w) == expected
+    assert h * w >= length and h % 2 ** (levels - 1) == 0 and w % 2 ** (levels - 1) == 0
+
+
+def test_shapes_for_tensor_and_dict_inputs():
+    m = tiny()
+    x = torch.randn(3, 50)
+    assert m.get_input(x).shape == (3, 1, 8, 8)
+    assert torch.equal(m.get_input(x).flatten(1)[:, :50], x)  # padding is appended, values untouched
+    inputs, recon, post = m(x)
+    assert inputs.shape == recon.shape == (3, 50) and post.mean.shape == post.std.shape == (3, 6)
+    assert post.sample().shape == post.mode().shape == (3, 6) and post.kl().shape == (3,)
+    props = [{"id": i} for i in range(3)]
+    inputs, recon, post, mp = m({"weight": x, "model_properties": props})
+    assert recon.shape == (3, 50) and mp is props
+    assert m.decode(post.mode()).shape == (3, 50)
+
+
+def test_wrong_shapes_are_refused_not_broadcast():
+    m = tiny()
+    with pytest.raises(AssertionError, match=r"expected flat weights \[B, 50\]"):
+        m(torch.randn(3, 1, 50))
+    with pytest.raises(AssertionError):
+        masked_mse(torch.randn(3, 1, 50), torch.randn(3, 50), torch.ones(3, 50))
+
+
+def test_loss_ignores_padding():
+    m = tiny(n_layers=2, loss="layer").eval()
+    x = torch.randn(2, 50)
+    mask = torch.ones(2, 50)
+    mask[:, 40:] = 0
+    layer = torch.zeros(2, 50, dtype=torch.long)
+    layer[:, 20:40] = 1
+    layer[:, 40:] = -1
+    batch = {"weight": x, "mask": mask, "layer": layer}
+    # change what sits in the padding of the *target* and of the *reconstruction*
+    with torch.no_grad():
+        t = m.loss_terms(batch, sample_posterior=False)
+        recon = m.net(x, sample_posterior=False)[0]
+        assert layerwise_mse(x, recon, layer, 2) == t["recon"]
+        x2 = x.clone()
+        x2[:, 40:] = 1e3
+        recon2 = recon.clone()
+        recon2[:, 40:] = -1e3
+        assert layerwise_mse(x2, recon2, layer, 2) == layerwise_mse(x, recon, layer, 2)
+        assert masked_mse(x2, recon2, mask) == masked_mse(x, recon, mask)
+
+
+def test_layerwise_loss_weights_a_small_layer_as_much_as_a_large_one():
+    x = torch.zeros(1, 110)
+    layer = torch.zeros(1, 110, dtype=torch.long)
+    layer[:, 100:] = 1  # a 100-entry layer and a 10-entry layer
+    err_big = x.clone()
+    err_big[:, :100] = 1.0
+    err_small = x.clone()
+    err_small[:, 100:] = 1.0
+    assert layerwise_mse(x, err_big, layer, 2) == layerwise_mse(x, err_small, layer, 2) == 0.5
+    mask = torch.ones(1, 110)
+    assert masked_mse(x, err_small, mask) < masked_mse(x, err_big, mask) / 9  # plain MSE drowns the small layer
+
+
+def test_kl_is_zero_at_the_prior():
+    from weightvae.model import DiagonalGaussian
+
+    post = DiagonalGaussian(torch.zeros(4, 12))
+    assert torch.equal(post.kl(), torch.zeros(4))
+
+
+def test_d2nwg_preset_matches_the_seed_description():
+    m = VAE(vae_kwargs(VAEConfig.d2nwg(2864)))
+    assert m.get_input(torch.randn(2, 2864)).shape == (2, 1, 64, 64)
+    assert m.net.latent_shape == (4, 16, 16)
+    linear = m.net.proj_in.weight.numel() + m.net.proj_in.bias.numel() + m.net.proj_out.weight.numel() + \
+        m.net.proj_out.bias.numel()
+    assert 23.4e6 < linear < 23.6e6  # FIELD.md: the two linear layers hold about 23.5 M parameters
+    small = VAE(vae_kwargs(VAEConfig(max_len=2864)))
+    assert sum(p.numel() for p in small.parameters()) * 5 < sum(p.numel() for p in m.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    a = VAE(vae_kwargs(VAEConfig(max_len=50, channels=(4, 8), latent_dim=6)))
+    b = VAE(vae_kwargs(VAEConfig(max_len=50, channels=(4, 8), latent_dim=6, gradient_checkpointing=True)))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 50)
+    for m in (a, b):
+        m.train()
+        m.loss_terms(x, sample_posterior=False)["loss"].backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)

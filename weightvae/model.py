@@ -1,0 +1,380 @@
+"""The weight VAE: a plain `nn.Module` (`WeightVAE`) and its thin Lightning wrapper (`VAE`).
+
+A flat weight vector `[B, L]` is padded and reshaped into a one-channel image `[B, 1, H, W]`
+so convolutions can share parameters across it (the field's usual recipe). Everything that
+leaves the model is flat `[B, L]` again, and every loss takes a `mask` so padding never counts.
+
+Image shape rule (`image_shape`): with `d = 2 ** (levels - 1)` (the total downsampling),
+`W = ceil(sqrt(L))` rounded up to a multiple of `d`, then `H = ceil(L / W)` rounded up to a
+multiple of `d`. So `H * W >= L`, the image is near square, and it halves cleanly at each level.
+The `d2nwg` preset instead maps the vector with a linear layer to a fixed 1x64x64 image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from weightvae import FORMAT_VERSION
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of the VAE. `preset="d2nwg"` ignores the size fields and builds the seed's
+    AutoencoderKL (linear to 4,096 -> 1x64x64, channels 128/128/256, 2 ResNet blocks per level,
+    latent 4x16x16)."""
+
+    max_len: int
+    preset: Literal["small", "d2nwg"] = "small"
+    channels: tuple[int, ...] = (16, 32, 64)
+    blocks_per_level: int = 1
+    latent_dim: int = 64
+    gradient_checkpointing: bool = False
+
+    @staticmethod
+    def d2nwg(max_len: int) -> VAEConfig:
+        return VAEConfig(max_len=max_len, preset="d2nwg", channels=(128, 128, 256), blocks_per_level=2)
+
+
+def image_shape(length: int, levels: int) -> tuple[int, int]:
+    """Near-square `(H, W)` with `H * W >= length`, both multiples of `2 ** (levels - 1)`."""
+    d = 2 ** (levels - 1)
+    w = math.ceil(math.ceil(math.sqrt(length)) / d) * d
+    h = math.ceil(math.ceil(length / w) / d) * d
+    return h, w
+
+
+# ----------------------------------------------------------------------------- posterior
+
+
+class DiagonalGaussian:
+    """q(z|x) = N(mean, diag(std^2)); `kl()` is KL(q || N(0, I)) summed over latent dims, `[B]`."""
+
+    def __init__(self, params: Tensor):
+        self.mean, logvar = params.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def kl(self) -> Tensor:
+        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).flatten(1).sum(1)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def _norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, c // 4) if c >= 8 else 1, c)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.body = nn.Sequential(_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
+                                  _norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.body(x)
+
+
+def _run(blocks: nn.ModuleList, x: Tensor, ckpt: bool) -> Tensor:
+    for b in blocks:
+        x = checkpoint(b, x, use_reentrant=False) if ckpt and torch.is_grad_enabled() else b(x)
+    return x
+
+
+# ----------------------------------------------------------------------------- plain model
+
+
+class WeightVAE(nn.Module):
+    """Conv VAE over weight vectors. `encode`/`decode` work on flat vectors; `get_input` does the
+    reshape so callers never handle images."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch, levels = cfg.channels, len(cfg.channels)
+        if cfg.preset == "d2nwg":
+            self.image_hw = (64, 64)
+            self.proj_in = nn.Linear(cfg.max_len, 64 * 64)  # the seed's input projection
+            self.proj_out = nn.Linear(64 * 64, cfg.max_len)
+            z_channels = 4
+        else:
+            self.image_hw = image_shape(cfg.max_len, levels)
+            self.proj_in = self.proj_out = None
+        h, w = self.image_hw
+        d = 2 ** (levels - 1)
+        bottom = (ch[-1], h // d, w // d)
+
+        enc: list[nn.Module] = [nn.Conv2d(1, ch[0], 3, padding=1)]
+        c = ch[0]
+        for i, c_out in enumerate(ch):
+            for _ in range(cfg.blocks_per_level):
+                enc.append(ResBlock(c, c_out))
+                c = c_out
+            if i < levels - 1:
+                enc.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        enc += [_norm(c), nn.SiLU()]
+        self.encoder = nn.ModuleList(enc)
+
+        dec: list[nn.Module] = []
+        for i, c_out in reversed(list(enumerate(ch))):
+            for _ in range(cfg.blocks_per_level):
+                dec.append(ResBlock(c, c_out))
+                c = c_out
+            if i > 0:
+                dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+        dec += [_norm(c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1)]
+        self.decoder = nn.ModuleList(dec)
+
+        if cfg.preset == "d2nwg":  # latent is a 4 x 16 x 16 feature map
+            self.to_latent = nn.Conv2d(bottom[0], 2 * z_channels, 1)
+            self.from_latent = nn.Conv2d(z_channels, bottom[0], 1)
+            self.latent_shape: tuple[int, ...] = (z_channels, bottom[1], bottom[2])
+        else:  # latent is a flat vector
+            n = math.prod(bottom)
+            self.to_latent = nn.Sequential(nn.Flatten(), nn.Linear(n, 2 * cfg.latent_dim))
+            self.from_latent = nn.Sequential(nn.Linear(cfg.latent_dim, n), nn.Unflatten(1, bottom))
+            self.latent_shape = (cfg.latent_dim,)
+
+    # [B, L] -> [B, 1, H, W]
+    def get_input(self, x: Tensor) -> Tensor:
+        assert x.dim() == 2 and x.shape[1] == self.cfg.max_len, \
+            f"expected flat weights [B, {self.cfg.max_len}], got {list(x.shape)}"
+        if self.proj_in is not None:
+            return self.proj_in(x).view(-1, 1, *self.image_hw)
+        h, w = self.image_hw
+        return F.pad(x, (0, h * w - x.shape[1])).view(-1, 1, h, w)
+
+    # [B, 1, H, W] -> [B, L]
+    def _to_flat(self, img: Tensor) -> Tensor:
+        flat = img.flatten(1)
+        return self.proj_out(flat) if self.proj_out is not None else flat[:, : self.cfg.max_len]
+
+    def encode(self, x: Tensor) -> DiagonalGaussian:
+        """x: flat `[B, L]` -> posterior over `[B, *latent_shape]`."""
+        h = _run(self.encoder, self.get_input(x), self.cfg.gradient_checkpointing)
+        return DiagonalGaussian(self.to_latent(h))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z: `[B, *latent_shape]` -> flat `[B, L]`."""
+        h = _run(self.decoder, self.from_latent(z), self.cfg.gradient_checkpointing)
+        return self._to_flat(h)
+
+    def forward(self, x: Tensor, sample_posterior: bool = True) -> tuple[Tensor, DiagonalGaussian]:
+        posterior = self.encode(x)
+        z = posterior.sample() if sample_posterior else posterior.mode()
+        recon = self.decode(z)
+        assert recon.shape == x.shape, f"reconstruction {list(recon.shape)} != input {list(x.shape)}"
+        return recon, posterior
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def masked_mse(x: Tensor, recon: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error over real (mask=1) entries only. All `[B, L]`."""
+    assert x.shape == recon.shape == mask.shape, f"{list(x.shape)} {list(recon.shape)} {list(mask.shape)}"
+    return ((recon - x).pow(2) * mask).sum() / mask.sum().clamp_min(1)
+
+
+def layerwise_mse(x: Tensor, recon: Tensor, layer: Tensor, n_layers: int) -> Tensor:
+    """MSE averaged within each layer, then over the layers present, then over the batch, so a
+    10-weight bias counts as much as a 600-weight kernel (Schürholt et al.). `layer` is `[B, L]`,
+    the layer index of each entry, -1 for padding."""
+    assert x.shape == recon.shape == layer.shape, f"{list(x.shape)} {list(recon.shape)} {list(layer.shape)}"
+    assert int(layer.max()) < n_layers, f"layer index {int(layer.max())} >= n_layers {n_layers}"
+    b = x.shape[0]
+    real = layer >= 0
+    idx = (torch.arange(b, device=x.device).unsqueeze(1) * n_layers + layer.clamp_min(0))[real]
+    sq = (recon - x).pow(2)[real]
+    sums = torch.zeros(b * n_layers, device=x.device, dtype=sq.dtype).index_add_(0, idx, sq)
+    counts = torch.zeros(b * n_layers, device=x.device, dtype=sq.dtype).index_add_(0, idx, torch.ones_like(sq))
+    present = counts > 0
+    per_layer = sums[present] / counts[present]
+    # average over layers within each sample, then over samples
+    sample = torch.div(torch.nonzero(present).squeeze(1), n_layers, rounding_mode="floor")
+    per_sample = torch.zeros(b, device=x.device, dtype=sq.dtype).index_add_(0, sample, per_layer)
+    n_present = torch.zeros(b, device=x.device, dtype=sq.dtype).index_add_(0, sample, torch.ones_like(per_layer))
+    return (per_sample / n_present.clamp_min(1)).mean()
+
+
+# ----------------------------------------------------------------------------- Lightning wrapper
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    loss: Literal["layer", "mse", "l1_logvar"] = "layer"
+    kl_weight: float = 1e-4
+    learning_rate: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    input_noise: float = 0.0  # std of Gaussian noise on (normalised) inputs during training (p-diff)
+    latent_noise: float = 0.0  # std of Gaussian noise on latents during training (p-diff)
+
+
+class VAE(L.LightningModule):
+    """Lightning wrapper around `WeightVAE`: steps, losses, optimiser, and the normalisation
+    statistics (buffers, so a checkpoint alone can turn outputs back into state_dicts)."""
+
+    def __init__(self, vae: dict[str, Any], loss: dict[str, Any] | None = None,
+                 layout_ids: Sequence[str] = (), n_layers: int = 1, normalize: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = VAEConfig(**{**vae, "channels": tuple(vae.get("channels", VAEConfig.channels))})
+        self.loss_cfg = LossConfig(**(loss or {}))
+        self.net = WeightVAE(self.cfg)
+        self.layout_ids = list(layout_ids)
+        self.n_layers = n_layers
+        self.normalize = normalize  # inputs are per-layer standardised; outputs are undone with norm_*
+        n = max(1, len(self.layout_ids))
+        self.register_buffer("norm_mean", torch.zeros(n, self.cfg.max_len))
+        self.register_buffer("norm_std", torch.ones(n, self.cfg.max_len))
+        if self.loss_cfg.loss == "l1_logvar":  # D2NWG: L1 scaled by a learned log-variance
+            self.logvar = nn.Parameter(torch.zeros(()))
+
+    # ---- normalisation
+    def set_normalization(self, stats: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+        """stats: layout_id -> (mean `[L]`, std `[L]`), as the dataset computed them on train."""
+        for i, lid in enumerate(self.layout_ids):
+            mean, std = stats[lid]
+            self.norm_mean[i] = mean[: self.cfg.max_len]
+            self.norm_std[i] = std[: self.cfg.max_len]
+
+    def denormalize(self, x: Tensor, layout_ids: Sequence[str]) -> Tensor:
+        if not self.normalize:
+            return x
+        rows = torch.tensor([self.layout_ids.index(lid) for lid in layout_ids], device=x.device)
+        return x * self.norm_std[rows] + self.norm_mean[rows]
+
+    # ---- the interface researchers expect
+    def get_input(self, batch: Mapping[str, Any] | Tensor) -> Tensor:
+        """Batch dict (`weight` key) or flat tensor `[B, L]` -> image `[B, 1, H, W]` on this device."""
+        return self.net.get_input(self._flat(batch))
+
+    def _flat(self, batch: Mapping[str, Any] | Tensor) -> Tensor:
+        x = batch["weight"] if isinstance(batch, Mapping) else batch
+        return x.to(self.device, torch.float32)
+
+    def encode(self, x: Tensor) -> DiagonalGaussian:
+        return self.net.encode(self._flat(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.net.decode(z)
+
+    def forward(self, batch: Mapping[str, Any] | Tensor, sample_posterior: bool = True):
+        """-> (inputs `[B, L]`, reconstructions `[B, L]`, posterior[, model_properties])."""
+        x = self._flat(batch)
+        recon, posterior = self.net(x, sample_posterior)
+        if isinstance(batch, Mapping):
+            return x, recon, posterior, batch.get("model_properties")
+        return x, recon, posterior
+
+    def reconstruct_to_model_weights(self, reconstructions: Tensor,
+                                     model_properties: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
+        """Flat (normalised, padded) outputs -> real state_dicts through each model's stored layout.
+        Integer buffers come back from `model_properties["buffers"]`."""
+        from weightvae.layout import Layout
+
+        assert reconstructions.dim() == 2 and len(reconstructions) == len(model_properties)
+        flat = self.denormalize(reconstructions.detach().float(), [p["layout_id"] for p in model_properties])
+        out = []
+        for vec, props in zip(flat.cpu(), model_properties):
+            layout = Layout.from_dict(props["layout"])
+            out.append(layout.unflatten(vec[: layout.length], props.get("buffers") or {}))
+        return out
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws from the prior, decoded to flat normalised vectors `[n, L]`."""
+        z = torch.randn((n, *self.net.latent_shape), generator=generator).to(self.device)
+        return self.decode(z)
+
+    # ---- training
+    def _masks(self, batch: Mapping[str, Any] | Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(batch, Mapping) and "mask" in batch:
+            return batch["mask"].to(x), batch["layer"].to(x.device)
+        return torch.ones_like(x), torch.zeros_like(x, dtype=torch.long)
+
+    def loss_terms(self, batch: Mapping[str, Any] | Tensor, sample_posterior: bool = True) -> dict[str, Tensor]:
+        x = self._flat(batch)
+        mask, layer = self._masks(batch, x)
+        inp = x
+        if self.training and self.loss_cfg.input_noise > 0:
+            inp = x + self.loss_cfg.input_noise * torch.randn_like(x) * mask
+        posterior = self.net.encode(inp)
+        z = posterior.sample() if sample_posterior else posterior.mode()
+        if self.training and self.loss_cfg.latent_noise > 0:
+            z = z + self.loss_cfg.latent_noise * torch.randn_like(z)
+        recon = self.net.decode(z)
+        assert recon.shape == x.shape
+        terms = {"mse": masked_mse(x, recon, mask), "kl": posterior.kl().mean()}
+        if self.loss_cfg.loss == "layer":
+            terms["recon"] = layerwise_mse(x, recon, layer, self.n_layers)
+        elif self.loss_cfg.loss == "mse":
+            terms["recon"] = terms["mse"]
+        else:
+            l1 = ((recon - x).abs() * mask).sum() / mask.sum().clamp_min(1)
+            terms["recon"] = l1 / self.logvar.exp() + self.logvar
+        terms["loss"] = terms["recon"] + self.loss_cfg.kl_weight * terms["kl"]
+        return terms
+
+    def _common_step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
+        terms = self.loss_terms(batch, sample_posterior=stage == "train")
+        bs = len(batch["weight"])
+        for k, v in terms.items():
+            self.log(f"{stage}/{k}", v, prog_bar=k == "loss", on_step=False, on_epoch=True,
+                     batch_size=bs, sync_dist=stage != "train")
+        return terms["loss"]
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._common_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._common_step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        c = self.loss_cfg
+        return torch.optim.AdamW(self.parameters(), lr=c.learning_rate, betas=c.betas, weight_decay=c.weight_decay)
+
+    # ---- self-describing export, loadable without a Trainer
+    def export(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "hyper_parameters": dict(self.hparams),
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+    @classmethod
+    def from_export(cls, path: str) -> VAE:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: format_version {blob.get('format_version')} != {FORMAT_VERSION}; "
+                             "retrain with this version of weightvae (dvc repro train)")
+        model = cls(**blob["hyper_parameters"])
+        model.load_state_dict(blob["state_dict"])
+        return model.eval()
+
+
+def vae_kwargs(cfg: VAEConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["channels"] = list(d["channels"])
+    return d
