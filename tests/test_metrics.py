@@ -225,3 +225,12 @@ def test_novelty_ratio():
     assert again["ratio_median"] == r_fresh["ratio_median"] and torch.equal(again["ratios"], r_fresh["ratios"])
     with pytest.raises(ValueError):
         novelty_ratio(fresh, train, scale, run_ids[:-1])
+
+
+def test_most_agreeing_picks_the_best_substitute():
+    from weightvae.metrics import most_agreeing
+
+    pred = torch.tensor([[0, 1, 2, 3], [3, 3, 3, 3]])
+    cands = torch.tensor([[0, 1, 0, 0], [0, 1, 2, 0], [3, 3, 3, 0], [3, 3, 3, 3]])
+    assert most_agreeing(pred, cands).tolist() == [1, 3]
+    assert most_agreeing(pred, cands, chunk=1).tolist() == [1, 3]

@@ -51,6 +51,16 @@ def accuracy(pred: Tensor, y: Tensor) -> Tensor:
     return (pred == y.unsqueeze(0)).double().mean(1)
 
 
+def most_agreeing(pred: Tensor, candidates: Tensor, chunk: int = 64) -> Tensor:
+    """Index of the candidate network whose predictions agree most with each row of `pred`:
+    pred `[M, N]`, candidates `[T, N]` -> `[M]` (ties: lowest index). The best any substitute can do."""
+    out = torch.empty(len(pred), dtype=torch.int64)
+    for i in range(0, len(pred), chunk):
+        agree = (pred[i:i + chunk, None, :] == candidates[None]).sum(-1)  # [chunk, T]
+        out[i:i + chunk] = agree.argmax(1)
+    return out
+
+
 def agreement(pred_a: Tensor, pred_b: Tensor) -> Tensor:
     """Share of inputs on which two networks predict the same class, row by row: `[M, N]` x2 -> `[M]`."""
     if pred_a.shape != pred_b.shape:
