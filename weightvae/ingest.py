@@ -1,5 +1,11 @@
 """Stage `ingest`: a folder of checkpoints -> split, padded, memory-mappable shards.
 
+Formats (`ingest.format`; `auto` decides per file): the weightvae zoo schema, bare state_dicts
+(`.pt`/`.pth`/`.safetensors`), and the Model Zoos layout of Schürholt et al. (`modelzoo`: one folder
+per model with `params.json`, `result.json` and `checkpoint_<epoch>/checkpoints`; see
+`_modelzoo_properties`). A file of a built-in architecture must fit it (names and shapes of
+`build_model(name, kwargs).state_dict()`), or evaluate could not rebuild it.
+
 Every file is loaded without running pickle code (`torch.load(..., weights_only=True)`, or
 safetensors), validated, flattened through its `Layout` and hashed. Splits are drawn per
 training *run* from a salted sha256 of the run id, so the checkpoints of a run never straddle
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -26,6 +33,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import re
 import sys
 import time
 import warnings
@@ -43,11 +51,15 @@ import pyarrow.parquet as pq
 import torch
 
 from weightvae import FORMAT_VERSION
+from weightvae.archs import ARCHITECTURES, build_model
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
 from weightvae.params import load_section, require
 
 SUFFIXES = (".pt", ".pth", ".safetensors")
+#: A Model Zoos checkpoint, `<model folder>/checkpoint_<epoch>/checkpoints` (`checkpoint_000005` or `checkpoint_5`).
+MODELZOO_CHECKPOINT = re.compile(r"(?:.*/)?[^/]+/checkpoint_(?P<epoch>\d+)/checkpoints")
+MODELZOO_METRICS = ("train_acc", "test_acc", "test_loss")
 SPLITS = ("train", "val", "test")
 #: Floor for per-tensor std in stats.json: a tensor constant over the train split (a frozen
 #: layer, or a single training model) would otherwise divide by zero when standardised.
@@ -68,7 +80,7 @@ class IngestParams:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test fractions of *runs*
     split_salt: str = "weightvae"
     on_error: Literal["fail", "skip"] = "fail"
-    format: Literal["auto", "weightvae", "state_dict"] = "auto"
+    format: Literal["auto", "weightvae", "modelzoo", "state_dict"] = "auto"
     workers: int = 2
     chunk_size: int = 512
 
@@ -205,6 +217,97 @@ def _plain_properties(rel: str) -> dict[str, Any]:
             "test_loss": None}
 
 
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _Bad(f"has no {what} in its model folder {path.parent.name!r} (Model Zoos layout: "
+                   "<model>/params.json, <model>/result.json, <model>/checkpoint_<epoch>/checkpoints)") from None
+    except (OSError, ValueError) as e:
+        raise _Bad(f"its model folder's {what} cannot be read: {_first_line(e)}") from None
+
+
+def _modelzoo_properties(model_dir: Path, epoch: int) -> dict[str, Any]:
+    """Row fields of a Model Zoos checkpoint. run_id: the model folder's name; epoch: the number in
+    `checkpoint_<epoch>`; hyperparameters: params.json; architecture and task: params.json's
+    `architecture` (a name or {"name", "kwargs"}) and `task`, as given: weightvae names, built in or
+    registered under evaluate.architectures / evaluate.tasks; "unknown" when absent (the Model Zoos'
+    own `model::type` names their networks, not weightvae's); seed: params.json's `seed`.
+
+    Metrics (train_acc, test_acc, test_loss) come from result.json, one JSON object per line: the
+    line whose `training_iteration` equals the epoch (the last such line if a restored trial logged
+    it twice; in the Model Zoos, iteration 0 is the evaluation before training, saved as
+    checkpoint_000000). A result.json without `training_iteration` is read by position: line
+    epoch - 1 (its first line is epoch 1). No matching line, or no result.json: metrics are null.
+    A line that is not valid JSON (a run killed mid-write) counts as a line without metrics."""
+    cfg = _read_json(model_dir / "params.json", "params.json")
+    if not isinstance(cfg, dict):
+        raise _Bad(f"its model folder's params.json holds a {type(cfg).__name__}, expected a JSON object")
+    arch = cfg.get("architecture", "unknown")
+    arch = {"name": arch} if isinstance(arch, str) else arch
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not arch["name"] \
+            or not isinstance(arch.get("kwargs", {}), dict):
+        raise _Bad(f"params.json['architecture'] is {cfg.get('architecture')!r}, expected a name or "
+                   "{'name': str, 'kwargs': dict}")
+    task = cfg.get("task", "unknown")
+    if not isinstance(task, str) or not task:
+        raise _Bad(f"params.json['task'] is {task!r}, expected a non-empty string")
+    seed = cfg.get("seed")
+    metrics = dict.fromkeys(MODELZOO_METRICS)
+    try:
+        text = (model_dir / "result.json").read_text()
+    except FileNotFoundError:
+        text = ""
+    except OSError as e:
+        raise _Bad(f"its model folder's result.json cannot be read: {_first_line(e)}") from None
+    lines: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = None
+            lines.append(obj if isinstance(obj, dict) else {})
+    if any("training_iteration" in r for r in lines):
+        line = next((r for r in reversed(lines) if r.get("training_iteration") == epoch), {})
+    else:
+        line = lines[epoch - 1] if 1 <= epoch <= len(lines) else {}
+    metrics.update({k: _float_or_none(line.get(k), f"result.json's {k!r} of epoch {epoch}") for k in metrics})
+    return {"run_id": model_dir.name, "task": task, "architecture": arch["name"],
+            "arch_kwargs": _json(arch.get("kwargs", {}), "architecture kwargs"), "epoch": epoch,
+            "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            "hyperparameters": _json(cfg, "params.json"), **metrics}
+
+
+@functools.lru_cache(maxsize=64)
+def _architecture_shapes(name: str, kwargs_json: str) -> dict[str, tuple[int, ...]] | str:
+    """{tensor name: shape} of `build_model(name, kwargs)`, or why it cannot be built."""
+    try:
+        with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
+            sd = build_model(name, json.loads(kwargs_json)).state_dict()
+    except Exception as e:
+        return f"architecture {name!r} cannot be built from kwargs {kwargs_json}: {_first_line(e)}"
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def _check_architecture(sd: dict[str, Any], props: dict[str, Any]) -> None:
+    """A file claiming a known architecture must have its tensors (names and shapes; dtypes may differ,
+    `load_state_dict` converts them), or evaluate could not load it into the rebuilt network."""
+    name = props["architecture"]
+    if name not in ARCHITECTURES:
+        return
+    need = _architecture_shapes(name, props["arch_kwargs"])
+    if isinstance(need, str):
+        raise _Bad(need)
+    problems = [f"{k!r} is missing" if k not in sd else f"{k!r} has shape {list(sd[k].shape)}, the architecture's "
+                f"is {list(v)}" for k, v in need.items() if k not in sd or tuple(sd[k].shape) != v]
+    problems += [f"{k!r} is not in the architecture" for k in sd if k not in need]
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise _Bad(f"does not fit its architecture {name!r} (kwargs {props['arch_kwargs']}), so it could not be "
+                   f"rebuilt: {'; '.join(problems[:3])}{more}")
+
+
 def inspect_file(root: str | Path, rel: str, fmt: str = "auto") -> Loaded | Rejected:
     """Load, validate and flatten one file. Never raises for a bad file: returns `Rejected`."""
     try:
@@ -220,11 +323,15 @@ def _inspect(path: Path, rel: str, fmt: str) -> Loaded:
         raise _Bad(f"cannot be read: {_first_line(e)}") from None
     if not data:
         raise _Bad("is an empty file (0 bytes)")
+    zoo = MODELZOO_CHECKPOINT.fullmatch(rel) if fmt in ("auto", "modelzoo") else None
     obj = _load_safetensors(data) if rel.endswith(".safetensors") else _load_torch(data)
     if not isinstance(obj, dict):
         raise _Bad(f"holds a {type(obj).__name__}, expected a dict (a state_dict, or the zoo schema "
                    "{'state_dict': ..., 'model_properties': ...})")
-    if fmt == "weightvae" or (fmt == "auto" and "model_properties" in obj):
+    if zoo:
+        sd = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+        props = _modelzoo_properties(path.parent.parent, int(zoo["epoch"]))
+    elif fmt == "weightvae" or (fmt == "auto" and "model_properties" in obj):
         sd, mp = obj.get("state_dict"), obj.get("model_properties")
         if not isinstance(sd, dict) or not isinstance(mp, dict):
             raise _Bad("is not in the zoo schema: needs a dict 'state_dict' and a dict 'model_properties' "
@@ -241,6 +348,7 @@ def _inspect(path: Path, rel: str, fmt: str) -> Loaded:
         raise _Bad(str(e)) from None
     if layout.length == 0:
         raise _Bad("has no floating-point tensors to learn")
+    _check_architecture(sd, props)
     vec = layout.flatten(sd, check=False)
     if not bool(torch.isfinite(vec).all()):
         bad = [f"{e.name!r} ({int(torch.isnan(v).sum())} NaN, {int(torch.isinf(v).sum())} Inf)"
@@ -254,14 +362,33 @@ def _inspect_chunk(root: str, items: list[tuple[str, str | None]], fmt: str) -> 
     return [Rejected(rel, reason) if reason else inspect_file(root, rel, fmt) for rel, reason in items]
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     torch.set_num_threads(1)  # one process per core; nested threads would only contend
+    if sys.platform.startswith("linux"):
+        # A main process killed outright (SIGKILL, out of memory) would leave its workers waiting for work
+        # forever, holding memory and the scratch file: have the kernel kill them with it.
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (AttributeError, OSError):  # no prctl in this C library: workers just may outlive a killed main
+            return
+        if os.getppid() != parent:  # the main process died before prctl
+            os._exit(1)
 
 
 # ----------------------------------------------------------------------------- the zoo
 
 
-def discover(root: Path) -> tuple[list[tuple[str, str | None]], int]:
+def _wanted(rel: str, fmt: str) -> bool:
+    """Is the file at `rel` a checkpoint in format `fmt`? Model Zoos checkpoints have no suffix."""
+    if MODELZOO_CHECKPOINT.fullmatch(rel):
+        return fmt in ("auto", "modelzoo")
+    return fmt != "modelzoo" and rel.endswith(SUFFIXES)
+
+
+def discover(root: Path, fmt: str = "auto") -> tuple[list[tuple[str, str | None]], int]:
     """Checkpoint files under `root` as sorted (relative path, rejection reason or None), and the
     number of other files ignored. Symlinks must stay inside `root`; symlinked folders inside it
     are not followed (their files are reached through their real path)."""
@@ -272,7 +399,7 @@ def discover(root: Path) -> tuple[list[tuple[str, str | None]], int]:
             full = os.path.join(dirpath, name)
             rel = Path(os.path.relpath(full, root)).as_posix()
             is_dir = name in dirnames
-            if not is_dir and not name.endswith(SUFFIXES):
+            if not is_dir and not _wanted(rel, fmt):
                 ignored += 1
                 continue
             reason = None
@@ -300,7 +427,7 @@ def _results(root: Path, items: list[tuple[str, str | None]], p: IngestParams) -
         return
     # fork: workers start in milliseconds; spawned ones would spend seconds importing torch
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    pool = ProcessPoolExecutor(p.workers, mp_context=ctx, initializer=_worker_init)
+    pool = ProcessPoolExecutor(p.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
     try:
         todo = iter(chunks)
         pending = deque(pool.submit(_inspect_chunk, str(root), c, p.format) for c in islice(todo, 2 * p.workers))
@@ -365,9 +492,12 @@ def ingest(p: IngestParams, out: str | Path, log=print) -> dict[str, Any]:
     if not root.is_dir():
         raise IngestError(f"{root}: zoo folder not found. Build the zoo (`dvc repro zoo`) or point "
                           "`ingest.zoo_dir` at a folder of .pt/.pth/.safetensors checkpoints.")
-    items, ignored = discover(root)
+    items, ignored = discover(root, p.format)
     if not items:
-        raise IngestError(f"{root}: no .pt, .pth or .safetensors files found. Build the zoo (`dvc repro zoo`) "
+        mz = "Model Zoos checkpoints (<model>/checkpoint_<epoch>/checkpoints)"
+        what = {"modelzoo": mz, "auto": f".pt, .pth or .safetensors files found, nor {mz}"}.get(
+            p.format, ".pt, .pth or .safetensors files")
+        raise IngestError(f"{root}: no {what} found. Build the zoo (`dvc repro zoo`) "
                           "or point `ingest.zoo_dir` at a folder of checkpoints.")
     rows: list[_Row] = []
     rejected: list[dict[str, str]] = []
@@ -443,7 +573,8 @@ def _write_parquet(path: Path, rows: list[_Row], row_index: list[int], group: in
                                     for name in _SCHEMA.names}, schema=_SCHEMA))
 
 
-_FEW = ("task", "architecture", "arch_kwargs")  # few distinct values: one shared string each
+# few distinct values: one shared string each (hyperparameters: one per run, e.g. a Model Zoos params.json)
+_FEW = ("task", "architecture", "arch_kwargs", "hyperparameters")
 
 
 def _write_shards(tmp: Path, scratch: Path, rows: list[_Row], layouts: dict[str, Layout],
@@ -477,7 +608,7 @@ def _write_shards(tmp: Path, scratch: Path, rows: list[_Row], layouts: dict[str,
         lay, a = layouts[lid], acc.get(lid)
         tensors = {}
         for j, e in enumerate(lay.learned):
-            if a is None:  # no training model of this layout: identity normalisation
+            if a is None or e.numel == 0:  # no training model of this layout (or no entry): identity
                 mean, std = 0.0, 1.0
             else:
                 n = a["count"] * e.numel
@@ -498,13 +629,20 @@ def _accumulate(acc: dict[str, dict[str, Any]], buf: np.ndarray, block: list[_Ro
         starts = np.array([e.offset for e in lay.learned])
         sizes = np.array([e.numel for e in lay.learned])
         x = buf[idx, :lay.length].astype(np.float64)  # [b, length]
+        nz = sizes > 0  # reduceat cannot sum an empty segment (a zero-element tensor): leave those at 0
+
+        def sums(v: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(sizes))
+            out[nz] = np.add.reduceat(v, starts[nz])
+            return out
+
         if lid not in acc:
-            shift = np.add.reduceat(x[0], starts) / sizes
+            shift = sums(x[0]) / np.maximum(sizes, 1)
             acc[lid] = {"count": 0, "shift": shift, "s1": np.zeros(len(sizes)), "s2": np.zeros(len(sizes))}
         a = acc[lid]
         d = x - np.repeat(a["shift"], sizes)
-        a["s1"] += np.add.reduceat(d.sum(0), starts)
-        a["s2"] += np.add.reduceat((d * d).sum(0), starts)
+        a["s1"] += sums(d.sum(0))
+        a["s2"] += sums((d * d).sum(0))
         a["count"] += len(idx)
 
 

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,20 +21,47 @@ from typing import Any
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path` (an empty folder if `is_dir`); on success it
-    replaces `path`, on error it is removed."""
+    replaces `path`, on error it is removed.
+
+    A process killed outright (SIGKILL, out of memory) cannot remove its temporary: the sibling
+    `.<name>.<pid>.<random>.tmp` stays, and `path` is untouched or, if the kill fell between the two
+    renames below, absent, never half-written. The next write of the same `path` removes such
+    leftovers of dead processes (no DVC out or later stage reads them; they only take disk space)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
         if is_dir:
             target.mkdir()
         yield target
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+            os.replace(path, tmp / f"{path.name}.old")  # the old folder aside in one rename; goes with tmp
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove `atomic_path` temporaries of `path` left by processes that no longer run on this machine."""
+    # mkdtemp's random part has no dots, so `.a.5.<pid>.<random>.tmp` (a temporary of `a.5`) never matches `a`
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp")
+    with os.scandir(path.parent) as entries:
+        stale = [e.path for e in entries if (m := pattern.fullmatch(e.name)) and int(m[1]) != os.getpid()
+                 and not _alive(int(m[1]))]
+    for entry in stale:
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

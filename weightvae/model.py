@@ -41,6 +41,9 @@ class VAEConfig:
     blocks_per_level: int = 1
     latent_dim: int = 64
     gradient_checkpointing: bool = False
+    cond_dim: int = 0  # size of the function signature fed to the encoder beside the weights (0 = off)
+    latent: Literal["flat", "spatial"] = "flat"  # flat vector of latent_dim, or latent_channels per bottom pixel
+    latent_channels: int = 1
 
     @staticmethod
     def d2nwg(max_len: int) -> VAEConfig:
@@ -149,11 +152,18 @@ class WeightVAE(nn.Module):
             self.to_latent = nn.Conv2d(bottom[0], 2 * z_channels, 1)
             self.from_latent = nn.Conv2d(z_channels, bottom[0], 1)
             self.latent_shape: tuple[int, ...] = (z_channels, bottom[1], bottom[2])
-        else:  # latent is a flat vector
-            n = math.prod(bottom)
-            self.to_latent = nn.Sequential(nn.Flatten(), nn.Linear(n, 2 * cfg.latent_dim))
-            self.from_latent = nn.Sequential(nn.Linear(cfg.latent_dim, n), nn.Unflatten(1, bottom))
-            self.latent_shape = (cfg.latent_dim,)
+        else:
+            cond = min(cfg.cond_dim, 256) if cfg.cond_dim else 0
+            self.cond_proj = nn.Sequential(nn.Linear(cfg.cond_dim, cond), nn.SiLU()) if cfg.cond_dim else None
+            if cfg.latent == "spatial":  # latent_channels per pixel of the bottom feature map: no global bottleneck
+                self.to_latent = nn.Conv2d(bottom[0] + cond, 2 * cfg.latent_channels, 1)
+                self.from_latent = nn.Conv2d(cfg.latent_channels, bottom[0], 1)
+                self.latent_shape = (cfg.latent_channels, bottom[1], bottom[2])
+            else:  # a flat latent vector
+                n = math.prod(bottom)
+                self.to_latent = nn.Linear(n + cond, 2 * cfg.latent_dim)
+                self.from_latent = nn.Sequential(nn.Linear(cfg.latent_dim, n), nn.Unflatten(1, bottom))
+                self.latent_shape = (cfg.latent_dim,)
 
     # [B, L] -> [B, 1, H, W]
     def get_input(self, x: Tensor) -> Tensor:
@@ -169,9 +179,20 @@ class WeightVAE(nn.Module):
         flat = img.flatten(1)
         return self.proj_out(flat) if self.proj_out is not None else flat[:, : self.cfg.max_len]
 
-    def encode(self, x: Tensor) -> DiagonalGaussian:
-        """x: flat `[B, L]` -> posterior over `[B, *latent_shape]`."""
+    def encode(self, x: Tensor, cond: Tensor | None = None) -> DiagonalGaussian:
+        """x: flat `[B, L]` (+ cond `[B, cond_dim]`, the function signature) -> posterior over `[B, *latent_shape]`."""
         h = _run(self.encoder, self.get_input(x), self.cfg.gradient_checkpointing)
+        if self.cfg.preset == "d2nwg":
+            return DiagonalGaussian(self.to_latent(h))
+        c = None
+        if self.cond_proj is not None:
+            assert cond is not None and cond.shape == (len(x), self.cfg.cond_dim), "encoder needs the function signature"
+            c = self.cond_proj(cond)  # [B, cond]
+        if self.cfg.latent == "spatial":
+            if c is not None:
+                h = torch.cat([h, c[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1)
+        else:
+            h = h.flatten(1) if c is None else torch.cat([h.flatten(1), c], 1)
         return DiagonalGaussian(self.to_latent(h))
 
     def decode(self, z: Tensor) -> Tensor:
@@ -179,8 +200,9 @@ class WeightVAE(nn.Module):
         h = _run(self.decoder, self.from_latent(z), self.cfg.gradient_checkpointing)
         return self._to_flat(h)
 
-    def forward(self, x: Tensor, sample_posterior: bool = True) -> tuple[Tensor, DiagonalGaussian]:
-        posterior = self.encode(x)
+    def forward(self, x: Tensor, sample_posterior: bool = True, cond: Tensor | None = None
+                ) -> tuple[Tensor, DiagonalGaussian]:
+        posterior = self.encode(x, cond)
         z = posterior.sample() if sample_posterior else posterior.mode()
         recon = self.decode(z)
         assert recon.shape == x.shape, f"reconstruction {list(recon.shape)} != input {list(x.shape)}"
@@ -229,6 +251,9 @@ class LossConfig:
     weight_decay: float = 0.0
     input_noise: float = 0.0  # std of Gaussian noise on (normalised) inputs during training (p-diff)
     latent_noise: float = 0.0  # std of Gaussian noise on latents during training (p-diff)
+    behaviour_weight: float = 0.0  # weight of KL(original || reconstruction) of outputs on probe inputs
+    probe_count: int = 128  # probe inputs (from the task's training set) for the behavioural term / signature
+    encoder_probes: bool = False  # feed the encoder the input network's outputs on the probes
 
 
 class VAE(L.LightningModule):
@@ -236,7 +261,8 @@ class VAE(L.LightningModule):
     statistics (buffers, so a checkpoint alone can turn outputs back into state_dicts)."""
 
     def __init__(self, vae: dict[str, Any], loss: dict[str, Any] | None = None,
-                 layout_ids: Sequence[str] = (), n_layers: int = 1, normalize: bool = True):
+                 layout_ids: Sequence[str] = (), n_layers: int = 1, normalize: bool = True,
+                 functional: Mapping[str, Mapping[str, Any]] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = VAEConfig(**{**vae, "channels": tuple(vae.get("channels", VAEConfig.channels))})
@@ -250,6 +276,13 @@ class VAE(L.LightningModule):
         self.register_buffer("norm_std", torch.ones(n, self.cfg.max_len))
         if self.loss_cfg.loss == "l1_logvar":  # D2NWG: L1 scaled by a learned log-variance
             self.logvar = nn.Parameter(torch.zeros(()))
+        # layout_id -> {"arch", "kwargs", "task", "layout"}: what is needed to run a layout's networks
+        self.functional = {k: dict(v) for k, v in (functional or {}).items()}
+        self._layouts = {}
+        if self.functional:
+            from weightvae.layout import Layout
+
+            self._layouts = {k: Layout.from_dict(v["layout"]) for k, v in self.functional.items()}
 
     # ---- normalisation
     def set_normalization(self, stats: Mapping[str, tuple[Tensor, Tensor]]) -> None:
@@ -274,8 +307,51 @@ class VAE(L.LightningModule):
         x = batch["weight"] if isinstance(batch, Mapping) else batch
         return x.to(self.device, torch.float32)
 
-    def encode(self, x: Tensor) -> DiagonalGaussian:
-        return self.net.encode(self._flat(x))
+    def _layout_ids(self, batch: Mapping[str, Any] | Tensor, n: int) -> list[str]:
+        props = batch.get("model_properties") if isinstance(batch, Mapping) else None
+        if props and all("layout_id" in p for p in props):
+            return [p["layout_id"] for p in props]
+        assert len(self.layout_ids) <= 1, "a plain tensor batch is ambiguous in a joint zoo: pass the batch dict"
+        return [self.layout_ids[0] if self.layout_ids else ""] * n
+
+    def function_logits(self, x: Tensor, layout_ids: Sequence[str]) -> tuple[Tensor | None, Tensor]:
+        """Logits `[B, P, K]` of each (normalised, flat) network on its task's probe inputs, and a
+        `[B]` mask of the rows whose architecture could be run (zeros elsewhere)."""
+        from weightvae.behaviour import flat_logits, probe_inputs
+
+        valid = torch.tensor([lid in self.functional for lid in layout_ids], device=x.device)
+        if not valid.any():
+            return None, valid
+        real = self.denormalize(x, layout_ids)
+        out = None
+        for lid in sorted(set(layout_ids) & set(self.functional)):
+            rows = torch.tensor([i for i, v in enumerate(layout_ids) if v == lid], device=x.device)
+            f, layout = self.functional[lid], self._layouts[lid]
+            probes = probe_inputs(f["task"], self.loss_cfg.probe_count)
+            logits = flat_logits(f["arch"], layout, real[rows, : layout.length], probes)
+            if out is None:
+                out = x.new_zeros(len(x), *logits.shape[1:])
+            out = out.index_copy(0, rows, logits)
+        return out, valid
+
+    def _cond(self, x: Tensor, layout_ids: Sequence[str]) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """(function signature for the encoder or None, reference logits or None, valid rows)."""
+        need = self.loss_cfg.encoder_probes or self.loss_cfg.behaviour_weight > 0
+        if not need:
+            return None, None, torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        with torch.no_grad():
+            ref, valid = self.function_logits(x, layout_ids)
+        cond = None
+        if self.loss_cfg.encoder_probes:
+            cond = ref.softmax(-1).flatten(1) * valid[:, None] if ref is not None else \
+                x.new_zeros(len(x), self.cfg.cond_dim)
+        return cond, ref, valid
+
+    def encode(self, batch: Mapping[str, Any] | Tensor) -> DiagonalGaussian:
+        """Batch dict or flat `[B, L]` -> posterior (the function signature is computed here if used)."""
+        x = self._flat(batch)
+        cond, _, _ = self._cond(x, self._layout_ids(batch, len(x)))
+        return self.net.encode(x, cond)
 
     def decode(self, z: Tensor) -> Tensor:
         return self.net.decode(z)
@@ -283,7 +359,8 @@ class VAE(L.LightningModule):
     def forward(self, batch: Mapping[str, Any] | Tensor, sample_posterior: bool = True):
         """-> (inputs `[B, L]`, reconstructions `[B, L]`, posterior[, model_properties])."""
         x = self._flat(batch)
-        recon, posterior = self.net(x, sample_posterior)
+        cond, _, _ = self._cond(x, self._layout_ids(batch, len(x)))
+        recon, posterior = self.net(x, sample_posterior, cond)
         if isinstance(batch, Mapping):
             return x, recon, posterior, batch.get("model_properties")
         return x, recon, posterior
@@ -317,10 +394,12 @@ class VAE(L.LightningModule):
     def loss_terms(self, batch: Mapping[str, Any] | Tensor, sample_posterior: bool = True) -> dict[str, Tensor]:
         x = self._flat(batch)
         mask, layer = self._masks(batch, x)
+        layout_ids = self._layout_ids(batch, len(x))
+        cond, ref, valid = self._cond(x, layout_ids)
         inp = x
         if self.training and self.loss_cfg.input_noise > 0:
             inp = x + self.loss_cfg.input_noise * torch.randn_like(x) * mask
-        posterior = self.net.encode(inp)
+        posterior = self.net.encode(inp, cond)
         z = posterior.sample() if sample_posterior else posterior.mode()
         if self.training and self.loss_cfg.latent_noise > 0:
             z = z + self.loss_cfg.latent_noise * torch.randn_like(z)
@@ -335,6 +414,12 @@ class VAE(L.LightningModule):
             l1 = ((recon - x).abs() * mask).sum() / mask.sum().clamp_min(1)
             terms["recon"] = l1 / self.logvar.exp() + self.logvar
         terms["loss"] = terms["recon"] + self.loss_cfg.kl_weight * terms["kl"]
+        if self.loss_cfg.behaviour_weight > 0 and ref is not None:
+            from weightvae.behaviour import behaviour_kl
+
+            logits, _ = self.function_logits(recon, layout_ids)
+            terms["behaviour"] = behaviour_kl(ref[valid], logits[valid])
+            terms["loss"] = terms["loss"] + self.loss_cfg.behaviour_weight * terms["behaviour"]
         return terms
 
     def _common_step(self, batch: Mapping[str, Any], stage: str) -> Tensor:

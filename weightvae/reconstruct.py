@@ -73,7 +73,7 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
             (tmp / split).mkdir()
             loader = ZooDataModule.loader(ds, batch_size=p.batch_size, shuffle=False)
             for batch in loader:
-                z = model.encode(batch["weight"]).mode()
+                z = model.encode(batch).mode()
                 recon = model.decode(z)
                 sds = model.reconstruct_to_model_weights(recon, batch["model_properties"])
                 for sd, props, zi in zip(sds, batch["model_properties"], z):

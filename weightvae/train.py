@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -32,10 +34,15 @@ class TrainParams:
     channels: tuple[int, ...] = (16, 32, 64)
     blocks_per_level: int = 1
     latent_dim: int = 64
+    latent: Literal["flat", "spatial"] = "flat"
+    latent_channels: int = 1
     loss: Literal["layer", "mse", "l1_logvar"] = "layer"
     kl_weight: float = 1e-4
     input_noise: float = 0.0
     latent_noise: float = 0.0
+    behaviour_weight: float = 0.0
+    probe_count: int = 128
+    encoder_probes: bool = False
     normalize: bool = True
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -56,39 +63,54 @@ class TrainParams:
     def __post_init__(self) -> None:
         require(len(self.channels) >= 1 and all(c >= 1 for c in self.channels), "train.channels",
                 list(self.channels), "need one or more positive channel counts, one per level")
-        for key in ("blocks_per_level", "latent_dim", "batch_size", "max_epochs"):
+        for key in ("blocks_per_level", "latent_dim", "latent_channels", "batch_size", "max_epochs"):
             require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "need >= 1")
-        for key in ("kl_weight", "input_noise", "latent_noise", "weight_decay", "num_workers"):
+        require(self.probe_count >= 1, "train.probe_count", self.probe_count, "need >= 1")
+        for key in ("kl_weight", "input_noise", "latent_noise", "weight_decay", "num_workers", "behaviour_weight"):
             require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "need >= 0")
         require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "need > 0")
         require(self.topk is None or self.topk >= 1, "train.topk", self.topk, "need null or >= 1")
 
 
-def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: int):
-    from weightvae.model import VAE, VAEConfig, vae_kwargs
+def functional_info(shards: str | Path, layouts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """layout_id -> {"arch", "kwargs", "task", "layout"} for layouts whose networks weightvae can run
+    (a built-in or registered architecture with a batched forward, and a known task)."""
+    import pandas as pd
 
+    from weightvae.archs import ARCHITECTURES
+    from weightvae.tasks import TASKS
+
+    table = pd.read_parquet(Path(shards) / "models.parquet", columns=["layout_id", "architecture", "arch_kwargs", "task"])
+    out = {}
+    for lid, rows in table.groupby("layout_id", sort=True):
+        arch, task = rows.architecture.iloc[0], rows.task.iloc[0]
+        one = rows.architecture.nunique() == 1 and rows.task.nunique() == 1
+        if one and arch in ARCHITECTURES and ARCHITECTURES[arch].batched_forward is not None and task in TASKS:
+            out[lid] = {"arch": arch, "kwargs": json.loads(rows.arch_kwargs.iloc[0] or "{}"), "task": task,
+                        "layout": layouts[lid]}
+    return out
+
+
+def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: int,
+                 functional: dict[str, dict[str, Any]] | None = None):
+    from weightvae.model import VAE, VAEConfig, vae_kwargs
+    from weightvae.tasks import get_task
+
+    cond_dim = 0
+    if p.encoder_probes and functional:
+        cond_dim = p.probe_count * max(get_task(f["task"]).num_classes for f in functional.values())
     if p.preset == "d2nwg":
         cfg = VAEConfig.d2nwg(max_len)
     else:
         cfg = VAEConfig(max_len=max_len, channels=tuple(p.channels), blocks_per_level=p.blocks_per_level,
-                        latent_dim=p.latent_dim, gradient_checkpointing=p.gradient_checkpointing)
+                        latent_dim=p.latent_dim, gradient_checkpointing=p.gradient_checkpointing, cond_dim=cond_dim,
+                        latent=p.latent, latent_channels=p.latent_channels)
     loss = {"loss": p.loss, "kl_weight": p.kl_weight, "learning_rate": p.learning_rate,
-            "weight_decay": p.weight_decay, "input_noise": p.input_noise, "latent_noise": p.latent_noise}
-    return VAE(vae_kwargs(cfg), loss, layout_ids=layout_ids, n_layers=n_layers, normalize=p.normalize)
-
-
-class KeepBest(L.Callback):
-    """Holds a copy of the weights at the best `val/loss` so far, in memory (no checkpoint re-load)."""
-
-    def __init__(self) -> None:
-        self.best, self.state = float("inf"), None
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        loss = trainer.callback_metrics.get("val/loss")
-        if trainer.sanity_checking or loss is None or float(loss) >= self.best:
-            return
-        self.best = float(loss)
-        self.state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            "weight_decay": p.weight_decay, "input_noise": p.input_noise, "latent_noise": p.latent_noise,
+            "behaviour_weight": p.behaviour_weight, "probe_count": p.probe_count,
+            "encoder_probes": bool(cond_dim)}
+    return VAE(vae_kwargs(cfg), loss, layout_ids=layout_ids, n_layers=n_layers, normalize=p.normalize,
+               functional=functional)
 
 
 def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | Path, live_dir: str | Path,
@@ -101,35 +123,40 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     from weightvae.model import VAE
 
     L.seed_everything(p.seed, workers=True)
-    dm = ZooDataModule(shards, batch_size=p.batch_size, num_workers=p.num_workers, dataset=p.dataset,
+    dm = ZooDataModule(str(shards), batch_size=p.batch_size, num_workers=p.num_workers, dataset=p.dataset,
                        normalize=p.normalize, topk=p.topk, seed=p.seed)
     dm.setup("fit")
     ds = dm.train_dataset
     layouts = json.loads((Path(shards) / "layouts.json").read_text())
     layout_ids = sorted(layouts)
     n_layers = max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
-    model = build_module(p, ds.max_len, layout_ids, n_layers)
+    functional = functional_info(shards, layouts) if (p.behaviour_weight > 0 or p.encoder_probes) else {}
+    model = build_module(p, ds.max_len, layout_ids, n_layers, functional)
     if p.normalize:
         model.set_normalization({lid: ds.normalization(lid) for lid in layout_ids})
 
     ckpt_dir = Path(ckpt_dir)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
-                           save_top_k=1, save_last=True, enable_version_counter=False)
+                           save_top_k=1, enable_version_counter=False)
+    # every epoch; ModelCheckpoint's own save_last writes last.ckpt only in epochs that improve val/loss
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
     logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-    keep = KeepBest()
     trainer = L.Trainer(
         max_epochs=p.max_epochs, accelerator=p.accelerator, devices=p.devices, strategy=p.strategy,
-        precision=p.precision, deterministic=True, logger=logger, callbacks=[best, keep, *(callbacks or [])],
+        precision=p.precision, deterministic=True, logger=logger, callbacks=[best, latest, *(callbacks or [])],
         limit_train_batches=p.limit_train_batches, log_every_n_steps=1, enable_model_summary=False,
     )
     last = ckpt_dir / "last.ckpt"
     resume_from = str(last) if p.resume and last.exists() else None
+    if resume_from is None and ckpt_dir.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
+        shutil.rmtree(ckpt_dir)  # a fresh run: stale best/last checkpoints of another config must not survive
     trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
         # Lightning's checkpoints carry paths and loop state; the export carries only what defines the model.
-        if keep.state is not None:
-            model.load_state_dict(keep.state)
+        blob = torch.load(ckpt_dir / "best.ckpt", map_location="cpu", weights_only=True)
+        model = build_module(p, ds.max_len, layout_ids, n_layers, functional)
+        model.load_state_dict(blob["state_dict"])  # includes the normalisation buffers
         with atomic_path(out) as tmp:
             torch.save(model.export(), tmp)
     return metrics

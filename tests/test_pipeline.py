@@ -1,0 +1,105 @@
+"""The whole DVC pipeline on a CI-sized config: it runs, it reproduces, and it caches exactly.
+
+Reproduction: `dvc repro` from scratch twice (the second with `--force`) must give identical
+hashes for every cached output and identical metrics. Metrics keys that measure wall time
+(`*seconds*`, `*per_s*`) are the only ones excluded: they are timings, not results. No other
+tolerance is allowed: on the same machine, with the same threads, every stage is bit-exact.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["zoo", "ingest", "train", "reconstruct", "evaluate"]
+
+
+def _sh(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+
+
+def _without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if "seconds" not in k and "per_s" not in k}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def _results(repo: Path) -> tuple[dict, dict]:
+    """(hash of every cached output per stage, metrics without timings)."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    hashes = {f"{s}:{o['path']}": o["md5"] for s, st in lock.items() for o in st.get("outs", [])
+              if not o["path"].startswith("metrics/")}
+    metrics = {p: _without_timings(json.loads((repo / p).read_text()))
+               for p in ["metrics/zoo.json", "metrics/ingest.json", "metrics/eval.json", "metrics/train/metrics.json"]}
+    metrics["metrics/eval_models.csv"] = (repo / "metrics/eval_models.csv").read_text()
+    return hashes, metrics
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git + DVC copy of this working tree with the CI-sized params, after one `dvc repro`."""
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("model_data/", "metrics/")):
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    params = _merge(yaml.safe_load((repo / "params.yaml").read_text()),
+                    yaml.safe_load((ROOT / "tests" / "ci_params.yaml").read_text()))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _sh(["git", "init", "-q"], repo)
+    _sh(["git", "-c", "user.email=ci@weightvae", "-c", "user.name=ci", "add", "-A"], repo)
+    _sh(["git", "-c", "user.email=ci@weightvae", "-c", "user.name=ci", "commit", "-qm", "ci"], repo)
+    out = _sh(["dvc", "repro"], repo)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out
+    return repo
+
+
+def test_pipeline_runs_and_writes_every_output(repo):
+    for path in ["model_data/weights", "model_data/shards/models.parquet", "model_data/models/vae.ckpt",
+                 "model_data/reconstructions/latents.parquet", "metrics/eval.json", "metrics/eval_models.csv",
+                 "metrics/plots/accuracy_scatter.png", "metrics/plots/layer_r2.png",
+                 "metrics/plots/accuracy_histograms.png", "metrics/plots/training_curves.png"]:
+        assert (repo / path).exists(), path
+    head = json.loads((repo / "metrics/eval.json").read_text())
+    for method in ("vae", "mean", "nearest_train", "oracle_train", "random_train", "noise_0.1"):
+        assert {"retention", "agreement", "r2"} <= set(head[method]), method
+    assert "fidelity_gain" in head and "samples" in head
+    out = _sh(["dvc", "status"], repo)
+    assert "up to date" in out
+
+
+def test_second_repro_does_nothing_and_forced_rerun_reproduces_exactly(repo):
+    first = _results(repo)
+    out = _sh(["dvc", "repro"], repo)
+    assert "Running stage" not in out
+    _sh(["dvc", "repro", "--force"], repo)
+    second = _results(repo)
+    assert second[0] == first[0]  # every cached output, byte for byte
+    assert second[1] == first[1]  # every metric, exactly
+
+
+def test_changing_a_train_param_reruns_exactly_the_downstream_stages(repo):
+    out = _sh(["dvc", "exp", "run", "-S", "train.batch_size=8"], repo)
+    ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+    assert ran == {"train", "reconstruct", "evaluate"}, out[-2000:]
+    assert "exp" in _sh(["dvc", "exp", "show", "--no-pager"], repo).lower()

@@ -1,0 +1,249 @@
+"""The train stage: the identity round trip of `reconstruct_to_model_weights`, the outputs of a tiny
+run, the best-epoch export, seeded determinism, DDP on two CPU processes, resume, and params checks."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from weightvae import FORMAT_VERSION
+from weightvae.data import SPLITS, ZooDataModule, ZooDataset
+from weightvae.ingest import IngestParams, ingest
+from weightvae.model import VAE
+from weightvae.params import ParamsError, load_section, run_command
+from weightvae.train import TrainParams, build_module, run, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"channels": [4, 8], "latent_dim": 8, "max_epochs": 2, "batch_size": 4, "accelerator": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def shards(tiny_zoo, tmp_path_factory):
+    """The session's tiny zoo ingested: train holds 4 checkpoints (2 cnn, 2 mlp), val 2 cnn, test 2 + 2."""
+    out = tmp_path_factory.mktemp("train") / "shards"
+    ingest(IngestParams(zoo_dir=str(tiny_zoo[0]), workers=1), out, log=lambda *_: None)
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert (counts["train"], counts["val"], counts["layouts"]) == (4, 2, 2)  # the DDP test splits train evenly
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _outside_the_repo(tmp_path, monkeypatch):
+    """Run in a temporary folder: DVCLive looks for a DVC repo in the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
+def tiny(**overrides) -> TrainParams:
+    cfg = {**TINY, **overrides}
+    return TrainParams(**{**cfg, "channels": tuple(cfg["channels"])})
+
+
+def fit(p: TrainParams, shards: Path, root: Path, callbacks=None) -> tuple[Path, Path, Path, dict]:
+    """One `train` call into `root`; returns (export, ckpt_dir, live_dir, metrics)."""
+    out, ckpt, live = root / "vae.ckpt", root / "lightning", root / "live"
+    metrics = train(p, shards, out, ckpt, live, callbacks=callbacks)
+    return out, ckpt, live, metrics
+
+
+def tsv(path: Path) -> list[float]:
+    """The values column of a DVCLive plot file, in logging order."""
+    return [float(line.split("\t")[1]) for line in path.read_text().splitlines()[1:]]
+
+
+def val_loss(model: VAE, shards: Path, batch_size: int) -> float:
+    """The val loss as the stage logs it: posterior mean, eval mode, batch-size-weighted mean over val batches."""
+    ds = ZooDataset(shards, "val", normalize=model.normalize, max_len=model.cfg.max_len)
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for batch in ZooDataModule.loader(ds, batch_size=batch_size):
+            total += float(model.loss_terms(batch, sample_posterior=False)["loss"]) * len(batch["weight"])
+    return total / len(ds)
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- callbacks (module level: picklable)
+
+
+class SpoilLastValidation(L.Callback):
+    """Adds unit noise to every parameter just before the last epoch's validation, so the last epoch is
+    (by far) the worst and the best epoch is an earlier one."""
+
+    def on_validation_start(self, trainer, module):
+        if trainer.sanity_checking or trainer.current_epoch != trainer.max_epochs - 1:
+            return
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(torch.randn(p.shape, generator=g).to(p))
+
+
+class RecordTrainIds(L.Callback):
+    """Appends `epoch<TAB>model id` of every training sample to `<folder>/rank<global_rank>.tsv`."""
+
+    def __init__(self, folder: Path):
+        self.folder = str(folder)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        with open(Path(self.folder) / f"rank{trainer.global_rank}.tsv", "a") as f:
+            f.writelines(f"{trainer.current_epoch}\t{p['id']}\n" for p in batch["model_properties"])
+
+
+class RecordEpochs(L.Callback):
+    """The training epochs that ran, and the weights the first of them started from."""
+
+    def __init__(self):
+        self.epochs, self.start = [], None
+
+    def on_train_epoch_start(self, trainer, module):
+        self.epochs.append(trainer.current_epoch)
+        if self.start is None:
+            self.start = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_identity_decoder_gives_back_the_original_state_dicts(tiny_zoo, shards, normalize):
+    """Feed each batch's own (normalised, padded) input as the 'reconstruction': the model's stored
+    normalisation and every model's layout must return the zoo file's state_dict, for both layouts."""
+    layouts = json.loads((shards / "layouts.json").read_text())
+    layout_ids = sorted(layouts)
+    n_layers = max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
+    stats = ZooDataset(shards, "train", normalize=normalize)
+    model = build_module(tiny(normalize=normalize), stats.max_len, layout_ids, n_layers)
+    if normalize:
+        model.set_normalization({lid: stats.normalization(lid) for lid in layout_ids})
+    lengths, checked, mixed = {lay["length"] for lay in layouts.values()}, set(), False
+    assert len(lengths) == 2 and max(lengths) == stats.max_len  # the shorter layout is padded
+    for split in SPLITS:
+        ds = ZooDataset(shards, split, normalize=normalize)
+        for batch in ZooDataModule.loader(ds, batch_size=len(ds)):
+            props = batch["model_properties"]
+            mixed |= len({p["layout_id"] for p in props}) == 2
+            for sd, p in zip(model.reconstruct_to_model_weights(batch["weight"], props), props):
+                original = torch.load(tiny_zoo[0] / p["source_path"], weights_only=True)["state_dict"]
+                assert list(sd) == list(original), p["id"]
+                for k, v in original.items():
+                    assert sd[k].dtype == v.dtype and sd[k].shape == v.shape, (p["id"], k)
+                    if normalize:  # standardised and back: float32 rounding only
+                        torch.testing.assert_close(sd[k], v, rtol=1e-6, atol=1e-7, msg=f"{p['id']} {k}")
+                    else:
+                        assert torch.equal(sd[k], v), (p["id"], k)
+                checked.add((p["architecture"], p["id"]))
+    assert mixed and {a for a, _ in checked} == {"cnn", "mlp"} and len(checked) == 10
+
+
+def test_train_writes_its_outputs_and_exports_the_best_epoch(shards, tmp_path):
+    """The last epoch is spoiled on purpose, so 'best' and 'last' differ: the export must be the best."""
+    p = tiny()
+    out, ckpt, live, metrics = fit(p, shards, tmp_path, callbacks=[SpoilLastValidation()])
+
+    model = VAE.from_export(str(out))
+    blob = torch.load(out, weights_only=True)
+    assert blob["format_version"] == FORMAT_VERSION and not model.training
+    assert model.cfg.channels == (4, 8) and model.cfg.latent_dim == 8 and model.layout_ids == sorted(
+        json.loads((shards / "layouts.json").read_text()))
+
+    summary = json.loads((live / "metrics.json").read_text())
+    assert set(summary["train"]) >= {"loss", "recon", "kl", "mse"} and set(summary["val"]) >= {"loss", "recon"}
+    assert summary["val"]["loss"] == pytest.approx(metrics["val/loss"])
+    val_curve = tsv(live / "plots" / "metrics" / "val" / "loss.tsv")
+    assert len(val_curve) == p.max_epochs and len(tsv(live / "plots" / "metrics" / "train" / "loss.tsv")) == 2
+    assert val_curve[-1] > 2 * val_curve[0]  # the spoiling worked: epoch 0 is the best
+
+    last = torch.load(ckpt / "last.ckpt", weights_only=False)
+    best = torch.load(ckpt / "best.ckpt", weights_only=False)
+    assert last["epoch"] == 1 and best["epoch"] == 0
+    assert states_equal(blob["state_dict"], best["state_dict"])
+    assert not states_equal(blob["state_dict"], last["state_dict"])
+    # recomputed from the export alone, its val loss is the best logged one (and not the last)
+    assert val_loss(model, shards, p.batch_size) == pytest.approx(min(val_curve), rel=1e-5)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(shards, tmp_path):
+    a = fit(tiny(), shards, tmp_path / "a")[0].read_bytes()
+    b = fit(tiny(), shards, tmp_path / "b")[0].read_bytes()
+    c = fit(tiny(seed=1), shards, tmp_path / "c")[0].read_bytes()
+    assert a == b
+    assert a != c
+
+
+def test_resume_runs_only_the_remaining_epochs_from_last_ckpt(shards, tmp_path):
+    first = RecordEpochs()
+    _, ckpt, live1, _ = fit(tiny(max_epochs=1, resume=True), shards, tmp_path / "a", [first])
+    assert first.epochs == [0]  # resume with no last.ckpt yet starts from scratch
+    assert json.loads((live1 / "metrics.json").read_text())["epoch"] == 0
+    saved = torch.load(ckpt / "last.ckpt", weights_only=False)
+
+    second = RecordEpochs()
+    out = tmp_path / "b" / "vae.ckpt"
+    train(tiny(max_epochs=2, resume=True), shards, out, ckpt, tmp_path / "b" / "live", callbacks=[second])
+    assert second.epochs == [1]
+    assert states_equal(second.start, saved["state_dict"])  # continued from last.ckpt's weights
+    resumed = torch.load(ckpt / "last.ckpt", weights_only=False)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 2 * saved["global_step"]
+    assert json.loads((tmp_path / "b" / "live" / "metrics.json").read_text())["epoch"] == 1
+    assert len(tsv(tmp_path / "b" / "live" / "plots" / "metrics" / "train" / "loss.tsv")) == 1
+    assert out.exists()
+
+
+def test_ddp_spawn_ranks_see_disjoint_halves_of_the_train_split(shards, tmp_path):
+    ids = tmp_path / "ids"
+    ids.mkdir()
+    p = tiny(strategy="ddp_spawn", devices=2)
+    out = fit(p, shards, tmp_path / "run", callbacks=[RecordTrainIds(ids)])[0]
+    assert VAE.from_export(str(out)).cfg.max_len > 0
+    train_ids = {r["id"] for r in ZooDataset(shards, "train").rows}
+    per_rank = [[line.split("\t") for line in (ids / f"rank{r}.tsv").read_text().splitlines()] for r in (0, 1)]
+    for epoch in range(p.max_epochs):
+        seen = [[i for e, i in rows if int(e) == epoch] for rows in per_rank]
+        assert len(seen[0]) == len(seen[1]) == len(train_ids) // 2  # 4 models: no padding repeats
+        assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == train_ids
+
+
+@pytest.mark.slow
+def test_stage_script_runs_two_process_cpu_ddp(shards, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {**TINY, "max_epochs": 1, "strategy": "ddp", "devices": 2}}))
+    out = tmp_path / "models" / "vae.ckpt"
+    cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params), "--shards", str(shards),
+           "--out", str(out), "--ckpt-dir", str(tmp_path / "lightning"), "--live-dir", str(tmp_path / "live")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "train: " in res.stdout and "val/loss" in res.stdout
+    assert VAE.from_export(str(out)).cfg.channels == (4, 8)
+    assert (tmp_path / "lightning" / "last.ckpt").exists()
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text())["val"]["loss"] > 0
+
+
+def test_params_are_checked_before_anything_runs(tmp_path, capsys):
+    assert load_section(REPO / "params.yaml", "train", TrainParams).preset in ("small", "d2nwg")
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  batch_sise: 8\n")
+    with pytest.raises(ParamsError, match=r"^train\.batch_sise: unknown key; allowed keys are .*'batch_size'"):
+        load_section(params, "train", TrainParams)
+    params.write_text("train:\n  learning_rate: 0\n")
+    with pytest.raises(ParamsError, match=r"^train\.learning_rate: 0(\.0)? is not allowed; need > 0$"):
+        load_section(params, "train", TrainParams)
+    params.write_text("train:\n  channels: 16\n")
+    with pytest.raises(ParamsError, match=r"^train\.channels: 16 is not allowed; expected a list"):
+        load_section(params, "train", TrainParams)
+    # through the stage's entry point: one line, exit code 2, nothing written
+    args = argparse.Namespace(params=str(params), shards=str(tmp_path / "missing"), out=str(tmp_path / "vae.ckpt"),
+                              ckpt_dir=str(tmp_path / "lightning"), live_dir=str(tmp_path / "live"))
+    capsys.readouterr()
+    assert run_command("train", run, args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("weightvae train: bad params: train.channels: 16 is not allowed") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

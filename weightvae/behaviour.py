@@ -1,0 +1,47 @@
+"""What a flat weight vector *does*: its network's outputs on a fixed set of probe inputs.
+
+Used by the VAE for the behavioural loss (reconstructions must reproduce the original's
+outputs, not only its weights) and, optionally, to let the encoder see the function.
+Probes are drawn from the task's *training* inputs, never its test set, so the evaluation
+on the test set stays untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from weightvae.archs import get_architecture
+from weightvae.layout import Layout
+from weightvae.tasks import get_task
+
+
+@functools.cache
+def probe_inputs(task: str, count: int, seed: int = 0) -> Tensor:
+    """`count` fixed training inputs of `task`, `[P, C, H, W]`."""
+    x = get_task(task).x_train
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:count]
+    return x[idx.sort().values]
+
+
+def flat_logits(arch: str, layout: Layout, flat: Tensor, probes: Tensor) -> Tensor:
+    """Logits `[B, P, K]` of B networks given as real (denormalised) flat weights `[B, length]`.
+
+    Differentiable in `flat`: runs the architecture's batched forward on the slices of the vector.
+    """
+    b = flat.shape[0]
+    params = {e.name: flat[:, e.offset:e.offset + e.numel].reshape(b, *e.shape) for e in layout.learned}
+    x = probes.to(flat).unsqueeze(0).expand(b, *probes.shape)
+    forward = get_architecture(arch).batched_forward
+    assert forward is not None, f"architecture {arch!r} has no batched forward"
+    return forward(params, x, None)
+
+
+def behaviour_kl(ref_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(original || reconstruction) of the predicted class distributions, mean over networks and probes."""
+    assert ref_logits.shape == logits.shape, f"{list(ref_logits.shape)} vs {list(logits.shape)}"
+    ref = F.log_softmax(ref_logits, -1)
+    return (ref.exp() * (ref - F.log_softmax(logits, -1))).sum(-1).mean()
