@@ -102,4 +102,6 @@ def test_changing_a_train_param_reruns_exactly_the_downstream_stages(repo):
     out = _sh(["dvc", "exp", "run", "-S", "train.batch_size=8"], repo)
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
     assert ran == {"train", "reconstruct", "evaluate"}, out[-2000:]
-    assert "exp" in _sh(["dvc", "exp", "show", "--no-pager"], repo).lower()
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True,
+                                      check=True).stdout)
+    assert "train.batch_size" in json.dumps(shown) or "batch_size" in json.dumps(shown)

@@ -140,7 +140,7 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
                            save_top_k=1, enable_version_counter=False)
     # every epoch; ModelCheckpoint's own save_last writes last.ckpt only in epochs that improve val/loss
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
-    logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=p.resume)
     trainer = L.Trainer(
         max_epochs=p.max_epochs, accelerator=p.accelerator, devices=p.devices, strategy=p.strategy,
         precision=p.precision, deterministic=True, logger=logger, callbacks=[best, latest, *(callbacks or [])],

@@ -1,0 +1,222 @@
+"""User architectures and tasks registered by `module:callable` in params.yaml (`evaluate.architectures`,
+`evaluate.tasks`), and what evaluate says when a model's architecture or task is unknown."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from weightvae import evaluate as E
+from weightvae.archs import ARCHITECTURES, build_model
+from weightvae.ingest import IngestParams, ingest
+from weightvae.params import ParamsError, build
+from weightvae.reconstruct import file_name
+from weightvae.registry import register
+from weightvae.tasks import TASKS, get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+USER_MODULE = '''
+import dataclasses
+
+from torch import nn
+
+from weightvae.tasks import get_task
+
+
+class Tiny(nn.Module):
+    def __init__(self, hidden=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def build_tiny(hidden=8):
+    return Tiny(hidden)
+
+
+def load_digits_again():
+    return dataclasses.replace(get_task("digits"), name="digits_again")
+
+
+class Factory:
+    @staticmethod
+    def build(hidden=8):
+        return Tiny(hidden)
+
+
+NOT_CALLABLE = 3
+
+
+def build_a_string(**kwargs):
+    return "not a module"
+'''
+
+
+@pytest.fixture(autouse=True)
+def user_modules(tmp_path, monkeypatch):
+    """`wvae_user_nets` (good) and `wvae_user_broken` (fails on import) on sys.path; registries restored after."""
+    (tmp_path / "wvae_user_nets.py").write_text(USER_MODULE)
+    (tmp_path / "wvae_user_broken.py").write_text("import wvae_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    archs, tasks = dict(ARCHITECTURES), dict(TASKS)
+    yield tmp_path
+    ARCHITECTURES.clear()
+    ARCHITECTURES.update(archs)
+    TASKS.clear()
+    TASKS.update(tasks)
+    get_task.cache_clear()
+    for name in [m for m in sys.modules if m.startswith("wvae_user")]:
+        del sys.modules[name]
+
+
+GOOD = {"architectures": {"tiny": "wvae_user_nets:build_tiny"},
+        "tasks": {"digits_again": "wvae_user_nets:load_digits_again"}}
+
+
+def _zoo(root):
+    """12 runs of the user's `tiny` net on task `digits_again` (zoo schema), and 6 bare state_dicts (unknown)."""
+    root.mkdir()
+    for i in range(12):
+        torch.manual_seed(i)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.Tanh(), torch.nn.Linear(8, 10))
+        sd = {f"body.{k}": v for k, v in net.state_dict().items()}
+        torch.save({"state_dict": sd, "model_properties": {
+            "format_version": 1, "run_id": f"tiny-{i:02d}", "task": "digits_again", "epoch": 1, "seed": i,
+            "architecture": {"name": "tiny", "kwargs": {"hidden": 8}}, "hyperparameters": {}, "metrics": {}}},
+            root / f"tiny-{i:02d}.pt")
+    for i in range(6):
+        torch.save(torch.nn.Linear(4, 3).state_dict(), root / f"bare-{i}.pt")
+
+
+def _shards_and_fake_reconstructions(tmp_path):
+    """Ingest, then 'reconstruct' each test model as itself: evaluate reads reconstructions by model id."""
+    _zoo(tmp_path / "zoo")
+    ingest(IngestParams(zoo_dir=str(tmp_path / "zoo"), split=(0.5, 0.0, 0.5), workers=1), tmp_path / "shards",
+           log=lambda *_: None)
+    rows = pq.read_table(tmp_path / "shards" / "models.parquet").to_pylist()
+    (tmp_path / "recon" / "test").mkdir(parents=True)
+    for r in rows:
+        if r["split"] == "test":
+            src = tmp_path / "zoo" / r["source_path"]
+            rec = torch.load(src, weights_only=True)
+            torch.save({"state_dict": rec.get("state_dict", rec)}, tmp_path / "recon" / "test" / file_name(r["id"]))
+    groups = {(r["architecture"], r["split"]) for r in rows}
+    assert {("tiny", "train"), ("tiny", "test"), ("unknown", "train"), ("unknown", "test")} <= groups
+    return rows
+
+
+def _args(tmp_path, evaluate_section):
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"evaluate": evaluate_section}))  # JSON is YAML
+    return argparse.Namespace(params=str(params), shards=str(tmp_path / "shards"), recon=str(tmp_path / "recon"),
+                              metrics=str(tmp_path / "out" / "eval.json"), table=str(tmp_path / "out" / "eval.csv"),
+                              plots=str(tmp_path / "out" / "plots"), live_dir=None)
+
+
+def test_unknown_architectures_get_weight_space_metrics_and_one_plain_message(tmp_path, capsys):
+    _shards_and_fake_reconstructions(tmp_path)
+    E.run(_args(tmp_path, {}))
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if "functional metrics" in ln]
+    assert len(lines) == 1, out
+    assert "skipped for digits_again/tiny (unknown task 'digits_again' and architecture 'tiny'); " \
+           "unknown/unknown (unknown task 'unknown' and architecture 'unknown')" in lines[0]
+    assert "evaluate.architectures" in lines[0] and "evaluate.tasks" in lines[0]
+    h = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert len(h["skipped"]) == 2 and all("functional metrics skipped" in s for s in h["skipped"])
+    vae = h["groups"]["digits_again/tiny"]["methods"]["vae"]
+    assert vae["r2"] == 1.0 and vae["mse"] == 0.0 and "acc" not in vae  # weight space only
+
+
+def test_registered_architecture_and_task_give_functional_metrics(tmp_path, capsys):
+    rows = _shards_and_fake_reconstructions(tmp_path)
+    E.run(_args(tmp_path, GOOD))
+    out = capsys.readouterr().out
+    assert "skipped for unknown/unknown (unknown task 'unknown' and architecture 'unknown')" in out
+    assert "digits_again/tiny" not in out.split("functional metrics")[1]
+    h = json.loads((tmp_path / "out" / "eval.json").read_text())
+    g = h["groups"]["digits_again/tiny"]
+    assert g["methods"]["vae"]["retention"] == 1.0 and g["methods"]["vae"]["agreement"] == 1.0  # recon == original
+    # the original accuracy is what the user's own network and data give
+    data = get_task("digits_again")
+    assert data.name == "digits_again" and torch.equal(data.x_test, get_task("digits").x_test)
+    accs = []
+    for r in rows:
+        if r["split"] == "test" and r["architecture"] == "tiny":
+            net = build_model("tiny", {"hidden": 8})
+            net.load_state_dict(torch.load(tmp_path / "zoo" / r["source_path"], weights_only=True)["state_dict"])
+            accs.append((net(data.x_test).argmax(1) == data.y_test).double().mean().item())
+    assert g["original_acc"] == pytest.approx(sum(accs) / len(accs), abs=1e-12)
+
+
+def test_callables_may_be_dotted_and_registration_is_idempotent():
+    register({"tiny": "wvae_user_nets:Factory.build"}, {})
+    register({"tiny": "wvae_user_nets:Factory.build"}, GOOD["tasks"])
+    assert type(build_model("tiny", {"hidden": 3})).__name__ == "Tiny"
+    assert get_task("digits_again").name == "digits_again"
+
+
+BAD_SPECS = [
+    ({"architectures": {"mynet": "wvae_user_nets"}}, "evaluate.architectures.mynet: 'wvae_user_nets' is not allowed; "
+                                                     "expected 'module:callable'"),
+    ({"tasks": {"t": "wvae_user_nets:"}},
+     "evaluate.tasks.t: 'wvae_user_nets:' is not allowed; expected 'module:callable'"),
+    ({"architectures": {"mynet": 3}}, "evaluate.architectures.mynet: 3 is not allowed; expected str"),
+    ({"architectures": {"mynet": "wvae_no_such_pkg.nets:build"}},
+     "evaluate.architectures.mynet: 'wvae_no_such_pkg.nets:build' is not allowed; module 'wvae_no_such_pkg.nets' "
+     "not found"),
+    ({"architectures": {"mynet": "wvae_user_nets:build_huge"}},
+     "evaluate.architectures.mynet: 'wvae_user_nets:build_huge' is not allowed; module 'wvae_user_nets' has no "
+     "attribute 'build_huge'"),
+    ({"tasks": {"t": "wvae_user_nets:NOT_CALLABLE"}},
+     "evaluate.tasks.t: 'wvae_user_nets:NOT_CALLABLE' is not allowed; 'NOT_CALLABLE' is a int, not callable"),
+    ({"tasks": {"t": "wvae_user_broken:load"}},
+     "evaluate.tasks.t: 'wvae_user_broken:load' is not allowed; importing 'wvae_user_broken' failed: "
+     "ModuleNotFoundError: No module named 'wvae_no_such_dependency'"),
+    ({"architectures": {"cnn": "wvae_user_nets:build_tiny"}},
+     "evaluate.architectures.cnn: 'wvae_user_nets:build_tiny' is not allowed; 'cnn' is a built-in architecture"),
+    ({"tasks": {"digits": "wvae_user_nets:load_digits_again"}},
+     "evaluate.tasks.digits: 'wvae_user_nets:load_digits_again' is not allowed; 'digits' is a built-in task"),
+]
+
+
+@pytest.mark.parametrize("section, message", BAD_SPECS, ids=["no-colon", "no-callable", "not-a-string", "no-module",
+                                                             "no-attribute", "not-callable", "import-fails",
+                                                             "builtin-architecture", "builtin-task"])
+def test_bad_registrations_name_the_key_and_the_value(section, message):
+    with pytest.raises(ParamsError) as e:
+        p = build(E.EvaluateParams, section, "evaluate")
+        register(p.architectures, p.tasks)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_builder_returning_no_module_or_a_loader_no_task_data_is_named():
+    register({"mynet": "wvae_user_nets:build_a_string"}, {"t": "wvae_user_nets:build_a_string"})
+    with pytest.raises(ParamsError, match=r"evaluate.architectures.mynet: 'wvae_user_nets:build_a_string' is not "
+                                          r"allowed; it returned a str, expected a torch.nn.Module"):
+        build_model("mynet", {})
+    with pytest.raises(ParamsError, match=r"evaluate.tasks.t: .* it returned a str, expected weightvae.tasks.TaskData"):
+        get_task("t")
+
+
+def test_evaluate_stage_stops_on_a_missing_module_with_one_line_and_writes_nothing(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  architectures:\n    mynet: wvae_no_such_pkg:build\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "stages/evaluate.py", "--params", str(params), "--shards", str(tmp_path),
+                           "--recon", str(tmp_path), "--metrics", str(out / "eval.json"), "--table",
+                           str(out / "eval.csv"), "--plots", str(out / "plots"), "--live-dir", str(out / "live")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "weightvae evaluate: bad params: evaluate.architectures.mynet: 'wvae_no_such_pkg:build' is not allowed; "
+        "module 'wvae_no_such_pkg' not found (install it, or put it under the working directory / on PYTHONPATH)"]
+    assert not out.exists()
