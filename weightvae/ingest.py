@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from weightvae import FORMAT_VERSION
+from weightvae import FORMAT_VERSION, canonical
 from weightvae.archs import ARCHITECTURES, build_model
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
@@ -83,6 +83,7 @@ class IngestParams:
     format: Literal["auto", "weightvae", "modelzoo", "state_dict"] = "auto"
     workers: int = 2
     chunk_size: int = 512
+    canonicalize: bool = False  # sort hidden units of known architectures (function-preserving), see canonical.py
 
     def __post_init__(self) -> None:
         require(self.max_len is None or self.max_len >= 1, "ingest.max_len", self.max_len, "need null or >= 1")
@@ -308,15 +309,15 @@ def _check_architecture(sd: dict[str, Any], props: dict[str, Any]) -> None:
                    f"rebuilt: {'; '.join(problems[:3])}{more}")
 
 
-def inspect_file(root: str | Path, rel: str, fmt: str = "auto") -> Loaded | Rejected:
+def inspect_file(root: str | Path, rel: str, fmt: str = "auto", canonicalize: bool = False) -> Loaded | Rejected:
     """Load, validate and flatten one file. Never raises for a bad file: returns `Rejected`."""
     try:
-        return _inspect(Path(root) / rel, rel, fmt)
+        return _inspect(Path(root) / rel, rel, fmt, canonicalize)
     except _Bad as e:
         return Rejected(rel, str(e))
 
 
-def _inspect(path: Path, rel: str, fmt: str) -> Loaded:
+def _inspect(path: Path, rel: str, fmt: str, canonicalize: bool = False) -> Loaded:
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -349,6 +350,8 @@ def _inspect(path: Path, rel: str, fmt: str) -> Loaded:
     if layout.length == 0:
         raise _Bad("has no floating-point tensors to learn")
     _check_architecture(sd, props)
+    if canonicalize and canonical.supports(props["architecture"]):
+        sd = canonical.canonicalize(props["architecture"], sd)
     vec = layout.flatten(sd, check=False)
     if not bool(torch.isfinite(vec).all()):
         bad = [f"{e.name!r} ({int(torch.isnan(v).sum())} NaN, {int(torch.isinf(v).sum())} Inf)"
@@ -358,8 +361,9 @@ def _inspect(path: Path, rel: str, fmt: str) -> Loaded:
                   _json(layout.buffers(sd), "buffers"))
 
 
-def _inspect_chunk(root: str, items: list[tuple[str, str | None]], fmt: str) -> list[Loaded | Rejected]:
-    return [Rejected(rel, reason) if reason else inspect_file(root, rel, fmt) for rel, reason in items]
+def _inspect_chunk(root: str, items: list[tuple[str, str | None]], fmt: str,
+                   canonicalize: bool = False) -> list[Loaded | Rejected]:
+    return [Rejected(rel, reason) if reason else inspect_file(root, rel, fmt, canonicalize) for rel, reason in items]
 
 
 def _worker_init(parent: int) -> None:
@@ -423,18 +427,19 @@ def _results(root: Path, items: list[tuple[str, str | None]], p: IngestParams) -
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
     if p.workers == 1 or len(chunks) == 1:
         for c in chunks:
-            yield from _inspect_chunk(str(root), c, p.format)
+            yield from _inspect_chunk(str(root), c, p.format, p.canonicalize)
         return
     # fork: workers start in milliseconds; spawned ones would spend seconds importing torch
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     pool = ProcessPoolExecutor(p.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
     try:
         todo = iter(chunks)
-        pending = deque(pool.submit(_inspect_chunk, str(root), c, p.format) for c in islice(todo, 2 * p.workers))
+        pending = deque(pool.submit(_inspect_chunk, str(root), c, p.format, p.canonicalize)
+                        for c in islice(todo, 2 * p.workers))
         while pending:
             done = pending.popleft().result()
             if (c := next(todo, None)) is not None:
-                pending.append(pool.submit(_inspect_chunk, str(root), c, p.format))
+                pending.append(pool.submit(_inspect_chunk, str(root), c, p.format, p.canonicalize))
             yield from done
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from weightvae.archs import build_model
+from weightvae.canonical import GROUPS, _permute, canonicalize
+from weightvae.tasks import get_task
+
+
+def _random_permutation_of(arch, sd, seed):
+    """The same network with every hidden layer's units shuffled (a function-preserving change)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: v.clone() for k, v in sd.items()}
+    for group in GROUPS[arch]:
+        units = sd[group[0][0]].shape[0]
+        perm = torch.randperm(units, generator=g)
+        for name, axis, block in group:
+            sd[name] = _permute(sd[name], axis, block, perm, units)
+    return sd
+
+
+@pytest.mark.parametrize("arch", sorted(GROUPS))
+def test_canonicalisation_preserves_outputs_and_removes_permutations(arch, tiny_zoo):
+    out, _ = tiny_zoo
+    x = get_task("digits").x_test
+    files = [f for f in sorted(out.glob("*.pt")) if f"-{arch}-" in f.name]
+    assert files
+    for f in files:
+        sd = torch.load(f, weights_only=True)["state_dict"]
+        model = build_model(arch)
+        model.load_state_dict(sd)
+        canon = canonicalize(arch, sd)
+        assert any(not torch.equal(sd[k], canon[k]) for k in sd)  # it did reorder something
+        other = build_model(arch)
+        other.load_state_dict(canon)
+        with torch.no_grad():
+            a, b = model.eval()(x), other.eval()(x)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)  # summation order may differ: rounding only
+        assert torch.equal(a.argmax(1), b.argmax(1))
+        # idempotent, and any permuted copy of the network has the same canonical form
+        assert all(torch.equal(canonicalize(arch, canon)[k], canon[k]) for k in sd)
+        shuffled = _random_permutation_of(arch, sd, seed=len(f.name))
+        assert all(torch.equal(canonicalize(arch, shuffled)[k], canon[k]) for k in sd)
+
+
+def test_ingest_canonicalize_writes_the_canonical_vectors(tiny_zoo, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from weightvae.ingest import IngestParams, ingest
+    from weightvae.layout import Layout
+
+    out, _ = tiny_zoo
+    ingest(IngestParams(zoo_dir=str(out), canonicalize=True), tmp_path / "shards", log=lambda *_: None)
+    table = pd.read_parquet(tmp_path / "shards" / "models.parquet")
+    row = table[table.architecture == "cnn"].iloc[0]
+    vec = np.load(tmp_path / "shards" / f"{row.split}.npy")[row.row]
+    sd = torch.load(out / row.source_path, weights_only=True)["state_dict"]
+    expected = Layout.from_state_dict(sd).flatten(canonicalize("cnn", sd))
+    assert np.array_equal(vec[: len(expected)], expected.numpy())
