@@ -52,7 +52,8 @@ def test_accuracy_histograms(tmp_path):
 
 def test_training_curves_and_determinism(tmp_path):
     steps = np.arange(1, 201)
-    df = pd.DataFrame({"step": steps, "train/loss": 1 / steps, "val/loss": np.where(steps % 50 == 0, 2 / steps, np.nan)})
+    val = np.where(steps % 50 == 0, 2 / steps, np.nan)
+    df = pd.DataFrame({"step": steps, "train/loss": 1 / steps, "val/loss": val})
     a, b = tmp_path / "a" / "curves.png", tmp_path / "b" / "curves.png"
     training_curves(df, a, logy=True)
     training_curves(df, b, logy=True)

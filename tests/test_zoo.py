@@ -141,3 +141,12 @@ def test_stage_writes_zoo_and_summary(tmp_path):
     summary = json.loads((tmp_path / "m.json").read_text())
     assert summary["runs"] == 2 and summary["checkpoints"] == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_scientific_notation_that_pyyaml_reads_as_text_is_a_float():
+    import yaml
+
+    assert yaml.safe_load("lr: [1e-3, 1e-2]")["lr"] == ["1e-3", "1e-2"]  # the YAML 1.1 quirk
+    assert build(ZooParams, yaml.safe_load("lr: [1e-3, 1e-2]"), "zoo").lr == (1e-3, 1e-2)
+    with pytest.raises(ParamsError, match="zoo.lr\\[0\\]: 'fast' is not allowed; expected float"):
+        build(ZooParams, {"lr": ["fast", 0.1]}, "zoo")

@@ -9,8 +9,9 @@ vector (overall and per layer). The fidelity gain says whether the reconstructio
 handing back the nearest training model. In a zoo that keeps early checkpoints, the nearest
 model in weight space is often a near-initial "hub" at chance accuracy, a weak substitute;
 so the table also has `oracle_train`, the training model whose predictions agree most with
-the original's (the best any substitution could do), and `fidelity_gain_vs_oracle`. Sampled networks get accuracy and a memorisation
-check (distance to the nearest training model relative to the typical one between runs).
+the original's (the best any substitution could do), and `fidelity_gain_vs_oracle`. Sampled
+networks get accuracy and a memorisation check (distance to the nearest training model
+relative to the typical one between runs).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
         std = M.layer_std(train_w, slices)
         recon = torch.stack([_load_flat(layout, recon_dir / p.split / file_name(i)) for i in test.id])
 
-        near, near_idx, _ = M.nearest_train_baseline(orig, train_w, std)
+        near, _, _ = M.nearest_train_baseline(orig, train_w, std)
         cands = {VAE: recon, "mean": M.mean_baseline(train_w, len(orig))}
         for a in p.noise_amplitudes:
             cands[f"noise_{a:g}"] = M.noise_baseline(orig, std, a, gen)
@@ -110,16 +111,11 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
             data = get_task(task)
             kwargs = json.loads(test.arch_kwargs.iloc[0]) if isinstance(test.arch_kwargs.iloc[0], str) else {}
             bufs = [json.loads(b) if isinstance(b, str) else {} for b in test.buffers]
-
-            def preds(w: torch.Tensor) -> torch.Tensor:
-                return M.predictions(arch, kwargs, [layout.unflatten(v, b) for v, b in zip(w, bufs)], data.x_test)
-
-            pred_orig = preds(orig)
+            pred_orig = _predictions(arch, kwargs, layout, bufs, orig, data.x_test)
             acc_orig = M.accuracy(pred_orig, data.y_test)
             eps = 1.0 / len(data.y_test)
             train_bufs = [json.loads(b) if isinstance(b, str) else {} for b in train.buffers]
-            pred_train = M.predictions(arch, kwargs, [layout.unflatten(v, b) for v, b in zip(train_w, train_bufs)],
-                                       data.x_test)
+            pred_train = _predictions(arch, kwargs, layout, train_bufs, train_w, data.x_test)
             cands[ORACLE] = train_w[M.most_agreeing(pred_orig, pred_train)]
         for name, w in cands.items():
             r2 = M.r2(orig, w, mean, slices)
@@ -127,7 +123,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
             m: dict[str, Any] = {"r2": r2["overall"], "mse": float(mse.mean())}
             per_model: dict[str, Any] = {"mse": mse}
             if functional:
-                pred = preds(w)
+                pred = _predictions(arch, kwargs, layout, bufs, w, data.x_test)
                 acc = M.accuracy(pred, data.y_test)
                 agree = M.agreement(pred, pred_orig)
                 per_model.update(acc=acc, agreement=agree)
@@ -163,6 +159,12 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
         if len(df) and "acc" in df:
             plots["acc"][name] = df[df.method == name].acc.dropna().tolist()
     return headline, df, plots
+
+
+def _predictions(arch: str, kwargs: dict[str, Any], layout: Layout, buffers: list[dict[str, Any]], w: torch.Tensor,
+                 x: torch.Tensor) -> torch.Tensor:
+    """Predictions `[M, N]` of the networks given as flat vectors `w` `[M, length]` of one layout."""
+    return M.predictions(arch, kwargs, [layout.unflatten(v, b) for v, b in zip(w, buffers, strict=True)], x)
 
 
 def per_model_agree(rows: list[dict[str, Any]], group: str, method: str) -> torch.Tensor:
@@ -266,7 +268,8 @@ def _training_curves(live_dir: Path) -> pd.DataFrame | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
-    parser.add_argument("--recon", default="model_data/reconstructions", help="reconstruct output (default: %(default)s)")
+    parser.add_argument("--recon", default="model_data/reconstructions",
+                        help="reconstruct output (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/eval.json", help="headline metrics (default: %(default)s)")
     parser.add_argument("--table", default="metrics/eval_models.csv", help="per-model table (default: %(default)s)")
     parser.add_argument("--plots", default="metrics/plots", help="PNG plots folder (default: %(default)s)")

@@ -186,7 +186,8 @@ class WeightVAE(nn.Module):
             return DiagonalGaussian(self.to_latent(h))
         c = None
         if self.cond_proj is not None:
-            assert cond is not None and cond.shape == (len(x), self.cfg.cond_dim), "encoder needs the function signature"
+            assert cond is not None and cond.shape == (len(x), self.cfg.cond_dim), \
+                "encoder needs the function signature"
             c = self.cond_proj(cond)  # [B, cond]
         if self.cfg.latent == "spatial":
             if c is not None:

@@ -8,6 +8,7 @@ Range checks live in each dataclass's `__post_init__` and raise `ParamsError` to
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ParamsError(ValueError):
@@ -69,6 +71,9 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
         raise ParamsError(f"{key}: {value!r} is not allowed; choose one of {list(typing.get_args(tp))}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML (YAML 1.1) reads `1e-5` (no dot) as a string; so does `dvc exp run -S key=1e-06`
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -80,7 +80,8 @@ def functional_info(shards: str | Path, layouts: dict[str, Any]) -> dict[str, di
     from weightvae.archs import ARCHITECTURES
     from weightvae.tasks import TASKS
 
-    table = pd.read_parquet(Path(shards) / "models.parquet", columns=["layout_id", "architecture", "arch_kwargs", "task"])
+    columns = ["layout_id", "architecture", "arch_kwargs", "task"]
+    table = pd.read_parquet(Path(shards) / "models.parquet", columns=columns)
     out = {}
     for lid, rows in table.groupby("layout_id", sort=True):
         arch, task = rows.architecture.iloc[0], rows.task.iloc[0]
@@ -120,7 +121,6 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from weightvae.data import ZooDataModule
-    from weightvae.model import VAE
 
     L.seed_everything(p.seed, workers=True)
     dm = ZooDataModule(str(shards), batch_size=p.batch_size, num_workers=p.num_workers, dataset=p.dataset,

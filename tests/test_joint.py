@@ -1,0 +1,44 @@
+"""A joint zoo (two architectures on two tasks) through ingest, train, reconstruct and evaluate."""
+
+import json
+
+import pandas as pd
+
+from weightvae.evaluate import EvaluateParams, evaluate, write_outputs
+from weightvae.ingest import IngestParams, ingest
+from weightvae.reconstruct import ReconstructParams, reconstruct
+from weightvae.train import TrainParams, train
+from weightvae.zoo import ZooParams, build_zoo
+
+
+def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # DVCLive must not find this repository's dvc.yaml
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    quiet = dict(log=lambda *_: None)
+    build_zoo(ZooParams(task="digits", architectures={"cnn": 10}, epochs=2, save_epochs=(1, 2), group_size=10),
+              zoo / "digits", **quiet)
+    build_zoo(ZooParams(task="digits_inverted", architectures={"mlp": 10}, epochs=2, save_epochs=(1, 2),
+                        group_size=10), zoo / "inverted", **quiet)
+    shards = tmp_path / "shards"
+    ingest(IngestParams(zoo_dir=str(zoo), split=(0.6, 0.2, 0.2)), shards, **quiet)
+    table = pd.read_parquet(shards / "models.parquet")
+    assert table.groupby(["task", "architecture"]).size().to_dict() == {("digits", "cnn"): 20,
+                                                                        ("digits_inverted", "mlp"): 20}
+    layouts = json.loads((shards / "layouts.json").read_text())
+    assert sorted(v["length"] for v in layouts.values()) == [1706, 2410]  # padded to the longest: 2,410
+
+    p = TrainParams(channels=(4,), latent="spatial", max_epochs=2, batch_size=8, accelerator="cpu",
+                    behaviour_weight=1.0, probe_count=8)
+    metrics = train(p, shards, tmp_path / "vae.ckpt", tmp_path / "ckpt", tmp_path / "live")
+    assert metrics["train/behaviour"] >= 0  # the behavioural term ran for both layouts
+    reconstruct(ReconstructParams(n_samples=2), shards, tmp_path / "vae.ckpt", tmp_path / "recon")
+    assert len(list((tmp_path / "recon" / "samples").glob("*.pt"))) == 4  # n_samples per architecture
+
+    head, df, plots = evaluate(EvaluateParams(), shards, tmp_path / "recon")
+    assert set(head["groups"]) == {"digits/cnn", "digits_inverted/mlp"}
+    for g in head["groups"].values():
+        assert {"retention", "agreement", "r2"} <= set(g["methods"]["vae"]) and "fidelity_gain" in g
+    assert set(df.group) == {"digits/cnn", "digits_inverted/mlp"}
+    write_outputs(head, df, plots, tmp_path / "eval.json", tmp_path / "eval.csv", tmp_path / "plots", tmp_path / "live")
+    assert json.loads((tmp_path / "eval.json").read_text())["models"] == len(table[table.split == "test"])
