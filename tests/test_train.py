@@ -162,8 +162,8 @@ def test_train_writes_its_outputs_and_exports_the_best_epoch(shards, tmp_path):
     assert len(val_curve) == p.max_epochs and len(tsv(live / "plots" / "metrics" / "train" / "loss.tsv")) == 2
     assert val_curve[-1] > 2 * val_curve[0]  # the spoiling worked: epoch 0 is the best
 
-    last = torch.load(ckpt / "last.ckpt", weights_only=False)
-    best = torch.load(ckpt / "best.ckpt", weights_only=False)
+    last = torch.load(ckpt / "last.ckpt", weights_only=True)
+    best = torch.load(ckpt / "best.ckpt", weights_only=True)
     assert last["epoch"] == 1 and best["epoch"] == 0
     assert states_equal(blob["state_dict"], best["state_dict"])
     assert not states_equal(blob["state_dict"], last["state_dict"])
@@ -184,14 +184,14 @@ def test_resume_runs_only_the_remaining_epochs_from_last_ckpt(shards, tmp_path):
     _, ckpt, live1, _ = fit(tiny(max_epochs=1, resume=True), shards, tmp_path / "a", [first])
     assert first.epochs == [0]  # resume with no last.ckpt yet starts from scratch
     assert json.loads((live1 / "metrics.json").read_text())["epoch"] == 0
-    saved = torch.load(ckpt / "last.ckpt", weights_only=False)
+    saved = torch.load(ckpt / "last.ckpt", weights_only=True)
 
     second = RecordEpochs()
     out = tmp_path / "b" / "vae.ckpt"
     train(tiny(max_epochs=2, resume=True), shards, out, ckpt, tmp_path / "b" / "live", callbacks=[second])
     assert second.epochs == [1]
     assert states_equal(second.start, saved["state_dict"])  # continued from last.ckpt's weights
-    resumed = torch.load(ckpt / "last.ckpt", weights_only=False)
+    resumed = torch.load(ckpt / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 1 and resumed["global_step"] == 2 * saved["global_step"]
     assert json.loads((tmp_path / "b" / "live" / "metrics.json").read_text())["epoch"] == 1
     assert len(tsv(tmp_path / "b" / "live" / "plots" / "metrics" / "train" / "loss.tsv")) == 1
