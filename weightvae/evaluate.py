@@ -75,6 +75,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
     layouts = {k: Layout.from_dict(v) for k, v in json.loads((shards / "layouts.json").read_text()).items()}
     shard = {s: np.load(shards / f"{s}.npy", mmap_mode="r") for s in ("train", p.split)}
     gen = torch.Generator().manual_seed(p.seed)
+    samples = _load_samples(recon_dir)
     rows: list[dict[str, Any]] = []
     headline: dict[str, Any] = {"groups": {}}
     plots: dict[str, Any] = {"per_layer_r2": {}, "acc": {}}
@@ -147,7 +148,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
             unknown = [f"{k} {v!r}" for k, v, known in (("task", task, TASKS), ("architecture", arch, ARCHITECTURES))
                        if v not in known]
             skipped.append(f"{key}: functional metrics skipped (unknown {' and '.join(unknown)})")
-        g["samples"] = _samples(recon_dir, layout, arch, task, train, train_w, std, functional)
+        g["samples"] = _samples(samples, layout, arch, task, train, train_w, std, functional)
         if g["samples"].get("acc") is not None:
             plots["acc"].setdefault("samples", []).extend(g["samples"].pop("acc"))
         headline["groups"][key] = g
@@ -172,17 +173,19 @@ def per_model_agree(rows: list[dict[str, Any]], group: str, method: str) -> torc
                         dtype=torch.float64)
 
 
-def _samples(recon_dir: Path, layout: Layout, arch: str, task: str, train: pd.DataFrame, train_w: torch.Tensor,
-             std: torch.Tensor, functional: bool) -> dict[str, Any]:
-    files = sorted(f for f in (recon_dir / "samples").glob("*.pt")
-                   if torch.load(f, map_location="cpu", weights_only=True)["model_properties"]["layout_id"]
-                   == layout.layout_id)
-    if not files:
+def _load_samples(recon_dir: Path) -> list[dict[str, Any]]:
+    """Every prior sample written by reconstruct, loaded once, in file-name order."""
+    return [torch.load(f, map_location="cpu", weights_only=True) for f in sorted((recon_dir / "samples").glob("*.pt"))]
+
+
+def _samples(samples: list[dict[str, Any]], layout: Layout, arch: str, task: str, train: pd.DataFrame,
+             train_w: torch.Tensor, std: torch.Tensor, functional: bool) -> dict[str, Any]:
+    recs = [r for r in samples if r["model_properties"]["layout_id"] == layout.layout_id]
+    if not recs:
         return {}
-    recs = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
     w = torch.stack([layout.flatten(r["state_dict"]) for r in recs])
     nov = M.novelty_ratio(w, train_w, std, train.run_id.tolist())
-    out: dict[str, Any] = {"count": len(files), "novelty_ratio": nov["ratio_median"],
+    out: dict[str, Any] = {"count": len(recs), "novelty_ratio": nov["ratio_median"],
                            "nearest_train_distance_median": nov["sample_nn_median"],
                            "train_nn_distance_median": nov["train_nn_median"]}
     if functional:
