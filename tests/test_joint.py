@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import torch
 
 from weightvae.evaluate import EvaluateParams, evaluate, write_outputs
 from weightvae.ingest import IngestParams, ingest
@@ -34,6 +35,7 @@ def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
     assert metrics["train/behaviour"] >= 0  # the behavioural term ran for both layouts
     reconstruct(ReconstructParams(n_samples=2), shards, tmp_path / "vae.ckpt", tmp_path / "recon")
     assert len(list((tmp_path / "recon" / "samples").glob("*.pt"))) == 4  # n_samples per architecture
+    _check_kde_samples(shards, tmp_path, table)
 
     head, df, plots = evaluate(EvaluateParams(), shards, tmp_path / "recon")
     assert set(head["groups"]) == {"digits/cnn", "digits_inverted/mlp"}
@@ -42,3 +44,30 @@ def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
     assert set(df.group) == {"digits/cnn", "digits_inverted/mlp"}
     write_outputs(head, df, plots, tmp_path / "eval.json", tmp_path / "eval.csv", tmp_path / "plots", tmp_path / "live")
     assert json.loads((tmp_path / "eval.json").read_text())["models"] == len(table[table.split == "test"])
+
+
+def _check_kde_samples(shards, tmp_path, table):
+    """With bandwidth 0 a KDE sample is the VAE's reconstruction of its kernel's training model,
+    and kernels sit only on the best `kde_top` of each layout's training models by train_acc."""
+    out = tmp_path / "recon-kde"
+    reconstruct(ReconstructParams(splits=("train",), n_samples=6, kde_bandwidth=0.0, kde_top=0.2), shards,
+                tmp_path / "vae.ckpt", out)
+    train = table[table.split == "train"].set_index("id")
+    samples = [torch.load(f, weights_only=True) for f in sorted((out / "samples").glob("*.pt"))]
+    assert len(samples) == 12
+    for s in samples:
+        props = s["model_properties"]
+        assert props["sampler"] == "kde"
+        anchor = train.loc[props["anchor_id"]]
+        same = train[(train.layout_id == props["layout_id"])]
+        assert anchor.layout_id == props["layout_id"] and anchor.task == props["task"]
+        assert anchor.train_acc >= same.train_acc.sort_values(ascending=False).iloc[2]  # top 20% of 12: 3 models
+        recon = torch.load(out / "train" / (props["anchor_id"].replace("/", "__") + ".pt"), weights_only=True)
+        assert s["state_dict"].keys() == recon["state_dict"].keys()
+        for k, v in recon["state_dict"].items():
+            torch.testing.assert_close(s["state_dict"][k], v, rtol=0, atol=1e-6)
+    prior = tmp_path / "recon-prior"
+    reconstruct(ReconstructParams(n_samples=1, sampler="prior"), shards, tmp_path / "vae.ckpt", prior)
+    for f in (prior / "samples").glob("*.pt"):
+        props = torch.load(f, weights_only=True)["model_properties"]
+        assert props["sampler"] == "prior" and "anchor_id" not in props

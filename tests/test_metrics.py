@@ -15,6 +15,7 @@ from weightvae.metrics import (
     mse,
     nearest_train_baseline,
     noise_baseline,
+    functional_novelty_ratio,
     novelty_ratio,
     predictions,
     r2,
@@ -225,6 +226,30 @@ def test_novelty_ratio():
     assert again["ratio_median"] == r_fresh["ratio_median"] and torch.equal(again["ratios"], r_fresh["ratios"])
     with pytest.raises(ValueError):
         novelty_ratio(fresh, train, scale, run_ids[:-1])
+
+
+def test_functional_novelty_ratio():
+    """Copies (permuted or not, they predict alike) score 0; networks that disagree with every
+    training model as much as training runs disagree with each other score about 1."""
+    g = gen(0)
+    n, runs = 400, 40
+    labels = torch.randint(10, (n,), generator=g)
+
+    def noisy(k: int, flip: float) -> torch.Tensor:  # k predictors, each wrong on a random `flip` share
+        pred = labels.repeat(k, 1)
+        wrong = torch.rand(k, n, generator=g) < flip
+        return torch.where(wrong, torch.randint(10, (k, n), generator=g), pred)
+
+    per_run = noisy(runs, 0.3)
+    train = per_run.repeat_interleave(2, 0)  # two identical checkpoints per run: never each other's neighbour
+    run_ids = [f"run{r}" for r in range(runs) for _ in range(2)]
+    copies = functional_novelty_ratio(train[torch.randperm(len(train), generator=g)[:20]], train, run_ids)
+    fresh = functional_novelty_ratio(noisy(20, 0.3), train, run_ids)
+    assert copies["ratio_median"] == 0.0 and copies["sample_disagreement_median"] == 0.0
+    assert fresh["train_disagreement_median"] > 0.2  # other-run neighbours only
+    assert 0.85 < fresh["ratio_median"] < 1.15
+    with pytest.raises(ValueError, match="run ids"):
+        functional_novelty_ratio(train[:3], train, run_ids[:-1])
 
 
 def test_most_agreeing_picks_the_best_substitute():

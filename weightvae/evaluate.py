@@ -148,7 +148,8 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
             unknown = [f"{k} {v!r}" for k, v, known in (("task", task, TASKS), ("architecture", arch, ARCHITECTURES))
                        if v not in known]
             skipped.append(f"{key}: functional metrics skipped (unknown {' and '.join(unknown)})")
-        g["samples"] = _samples(samples, layout, arch, task, train, train_w, std, functional)
+        g["samples"] = _samples(samples, layout, arch, task, train, train_w, std,
+                                pred_train if functional else None)
         if g["samples"].get("acc") is not None:
             plots["acc"].setdefault("samples", []).extend(g["samples"].pop("acc"))
         headline["groups"][key] = g
@@ -179,7 +180,9 @@ def _load_samples(recon_dir: Path) -> list[dict[str, Any]]:
 
 
 def _samples(samples: list[dict[str, Any]], layout: Layout, arch: str, task: str, train: pd.DataFrame,
-             train_w: torch.Tensor, std: torch.Tensor, functional: bool) -> dict[str, Any]:
+             train_w: torch.Tensor, std: torch.Tensor, pred_train: torch.Tensor | None) -> dict[str, Any]:
+    """Accuracy and novelty of sampled networks; `pred_train`: training models' test predictions
+    (None when the task or architecture is unknown: weight-space novelty only)."""
     recs = [r for r in samples if r["model_properties"]["layout_id"] == layout.layout_id]
     if not recs:
         return {}
@@ -188,13 +191,17 @@ def _samples(samples: list[dict[str, Any]], layout: Layout, arch: str, task: str
     out: dict[str, Any] = {"count": len(recs), "novelty_ratio": nov["ratio_median"],
                            "nearest_train_distance_median": nov["sample_nn_median"],
                            "train_nn_distance_median": nov["train_nn_median"]}
-    if functional:
+    if pred_train is not None:
         data = get_task(task)
         kwargs = recs[0]["model_properties"]["architecture"]["kwargs"]
-        acc = M.accuracy(M.predictions(arch, kwargs, [r["state_dict"] for r in recs], data.x_test), data.y_test)
+        pred = M.predictions(arch, kwargs, [r["state_dict"] for r in recs], data.x_test)
+        acc = M.accuracy(pred, data.y_test)
         zoo_mean = float(train.test_acc.mean())
+        fnov = M.functional_novelty_ratio(pred, pred_train, train.run_id.tolist())
         out.update(acc_mean=float(acc.mean()), acc_max=float(acc.max()), zoo_acc_mean=zoo_mean,
-                   acc_ratio=float(acc.mean()) / zoo_mean, acc=acc.tolist())
+                   acc_ratio=float(acc.mean()) / zoo_mean, functional_novelty_ratio=fnov["ratio_median"],
+                   disagreement_with_nearest_train_median=fnov["sample_disagreement_median"],
+                   train_nn_disagreement_median=fnov["train_disagreement_median"], acc=acc.tolist())
     return out
 
 
@@ -218,7 +225,7 @@ def _overall(groups: dict[str, Any]) -> dict[str, Any]:
     samples = [g["samples"] for g in groups.values() if g.get("samples")]
     if samples:
         s_out: dict[str, float] = {}
-        for k in ("acc_ratio", "novelty_ratio", "acc_mean"):
+        for k in ("acc_ratio", "novelty_ratio", "functional_novelty_ratio", "acc_mean"):
             vals = [s[k] for s in samples if s.get(k) is not None]
             if vals:
                 s_out[k] = float(np.mean(vals))
@@ -303,4 +310,8 @@ def summary_line(h: dict[str, Any]) -> str:
             parts.append(f"{name}: " + " ".join(f"{k} {m[k]:.3f}" for k in ("retention", "agreement", "r2") if k in m))
     if "fidelity_gain" in h:
         parts.append(f"fidelity_gain {h['fidelity_gain']:.3f}")
+    s = h.get("samples", {})
+    if s:
+        parts.append("samples: " + " ".join(f"{k} {s[k]:.3f}" for k in ("acc_ratio", "novelty_ratio",
+                                                                          "functional_novelty_ratio") if k in s))
     return "; ".join(parts)

@@ -229,3 +229,37 @@ def novelty_ratio(samples: Tensor, train: Tensor, scale: Tensor, train_run_ids: 
         "train_nn_median": train_med,
         "ratios": ratios,
     }
+
+
+def _max_agreement(pred: Tensor, candidates: Tensor, exclude: Tensor | None = None,
+                   exclude_b: Tensor | None = None, chunk: int = 64) -> Tensor:
+    """Highest agreement of each row of `pred` `[A, N]` with any row of `candidates` `[B, N]`: `[A]`.
+    `exclude[i] == exclude_b[j]` masks pair (i, j)."""
+    out = torch.empty(len(pred), dtype=torch.float64)
+    for s in range(0, len(pred), chunk):
+        agree = (pred[s:s + chunk, None, :] == candidates[None]).double().mean(-1)  # [chunk, B]
+        if exclude is not None:
+            agree = agree.masked_fill(exclude[s:s + chunk, None] == exclude_b[None, :], -1.0)
+        out[s:s + chunk] = agree.max(1).values
+    return out
+
+
+def functional_novelty_ratio(samples_pred: Tensor, train_pred: Tensor, train_run_ids: Sequence[str]) -> dict[str, Any]:
+    """Memorisation check in function space, blind to weight-space symmetries.
+
+    `novelty_ratio` measures distance in weights, where a permuted or rescaled copy of a training
+    network looks new. Here a sample's novelty is its disagreement (on the task's test inputs)
+    with the training model it agrees with most, over the same quantity between training models
+    of different runs. Copies, permuted or not, score 0; a fresh network about 1. Only meaningful
+    beside accuracy: a network at chance disagrees with everything. Predictions: `[S, N]`, `[T, N]`.
+    """
+    codes = torch.as_tensor(pd.factorize(pd.Series(list(train_run_ids)))[0])
+    if len(codes) != len(train_pred):
+        raise ValueError(f"{len(codes)} run ids for {len(train_pred)} training models")
+    if codes.unique().numel() < 2:
+        raise ValueError("need training models from at least 2 runs")
+    sample_dis = 1 - _max_agreement(samples_pred, train_pred)
+    train_dis = 1 - _max_agreement(train_pred, train_pred, codes, codes)
+    train_med = train_dis.quantile(0.5).item()
+    return {"ratio_median": sample_dis.quantile(0.5).item() / max(train_med, 1e-12),
+            "sample_disagreement_median": sample_dis.quantile(0.5).item(), "train_disagreement_median": train_med}

@@ -1,9 +1,13 @@
-"""Reconstruct held-out networks through the VAE, and sample new ones from its prior.
+"""Reconstruct held-out networks through the VAE, and sample new ones.
+
+Samples come from `sampler`: `kde` (default) draws latents from a kernel density estimate over
+the training split's latents (`weightvae.prior`), `prior` from the VAE's N(0, I).
 
 Outputs (one folder, replaced atomically):
     <out>/<split>/<id>.pt   reconstructions of each val/test model (posterior mean), zoo file schema
                             plus `source_id`
-    <out>/samples/<arch>-<i>.pt   `n_samples` prior draws per layout, zoo file schema
+    <out>/samples/<arch>-<i>.pt   `n_samples` draws per layout, zoo file schema plus `sampler` and,
+                            for `kde`, `anchor_id` (the training model whose kernel it came from)
     <out>/latents.parquet   one row per reconstructed model: id, split, task, run_id, latent
 """
 
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -21,13 +26,18 @@ from weightvae import FORMAT_VERSION
 from weightvae.io import atomic_path
 from weightvae.params import load_section, require
 
+SAMPLERS = ("kde", "prior")
+
 
 @dataclass(frozen=True)
 class ReconstructParams:
     """`reconstruct:` section of params.yaml."""
 
     splits: tuple[str, ...] = ("val", "test")
-    n_samples: int = 64  # prior samples per architecture (layout)
+    n_samples: int = 64  # sampled networks per architecture (layout)
+    sampler: str = "kde"  # kde | prior
+    kde_bandwidth: float = 0.5  # kernel std, in units of each latent dimension's spread over the train split
+    kde_top: float = 0.3  # kernels on the best fraction of training models by their recorded train_acc
     batch_size: int = 256
     seed: int = 0
 
@@ -35,6 +45,9 @@ class ReconstructParams:
         require(len(self.splits) > 0 and set(self.splits) <= {"train", "val", "test"}, "reconstruct.splits",
                 list(self.splits), "choose from train, val, test")
         require(self.n_samples >= 0, "reconstruct.n_samples", self.n_samples, "need >= 0")
+        require(self.sampler in SAMPLERS, "reconstruct.sampler", self.sampler, f"choose one of {list(SAMPLERS)}")
+        require(self.kde_bandwidth >= 0, "reconstruct.kde_bandwidth", self.kde_bandwidth, "need >= 0")
+        require(0 < self.kde_top <= 1, "reconstruct.kde_top", self.kde_top, "need a fraction in (0, 1]")
         require(self.batch_size >= 1, "reconstruct.batch_size", self.batch_size, "need >= 1")
 
 
@@ -61,7 +74,7 @@ def _record(state_dict: dict[str, torch.Tensor], props: dict[str, Any], **extra:
 @torch.no_grad()
 def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path, out: str | Path) -> dict[str, int]:
     """Write reconstructions, latents and prior samples; returns counts."""
-    from weightvae.data import ZooDataModule, ZooDataset
+    from weightvae.data import ZooDataset
     from weightvae.model import VAE
 
     model = VAE.from_export(str(model_path))
@@ -71,32 +84,71 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
         for split in p.splits:
             ds = ZooDataset(shards, split, normalize=model.normalize, max_len=model.cfg.max_len)
             (tmp / split).mkdir()
-            loader = ZooDataModule.loader(ds, batch_size=p.batch_size, shuffle=False)
-            for batch in loader:
-                z = model.encode(batch).mode()
+            for z, props in _encoded(model, ds, p.batch_size):
                 recon = model.decode(z)
-                sds = model.reconstruct_to_model_weights(recon, batch["model_properties"])
-                for sd, props, zi in zip(sds, batch["model_properties"], z):
-                    rec = _record(sd, props, source_id=props["id"], split=split)
-                    torch.save(rec, tmp / split / file_name(props["id"]))
-                    latents.append({"id": props["id"], "split": split, "task": props["task"],
-                                    "run_id": props["run_id"], "latent": zi.flatten().tolist()})
+                sds = model.reconstruct_to_model_weights(recon, props)
+                for sd, pr, zi in zip(sds, props, z):
+                    rec = _record(sd, pr, source_id=pr["id"], split=split)
+                    torch.save(rec, tmp / split / file_name(pr["id"]))
+                    latents.append({"id": pr["id"], "split": split, "task": pr["task"],
+                                    "run_id": pr["run_id"], "latent": zi.flatten().tolist()})
             counts[split] = len(ds)
         (tmp / "samples").mkdir()
-        train = ZooDataset(shards, "train", normalize=False)
-        gen = torch.Generator().manual_seed(p.seed)
-        n = 0
-        for layout_id, props in _one_row_per_layout(train).items():
-            vecs = model.sample(p.n_samples, generator=gen)
-            sds = model.reconstruct_to_model_weights(vecs, [props] * p.n_samples)
-            for i, sd in enumerate(sds):
-                sid = f"sample-{props['architecture']}-{layout_id[:8]}-{i:04d}"
-                rec = _record(sd, {**props, "run_id": sid, "epoch": None}, source_id=None, split="samples")
-                torch.save(rec, tmp / "samples" / file_name(sid))
-                n += 1
-        counts["samples"] = n
+        counts["samples"] = _write_samples(p, model, shards, tmp / "samples")
         pd.DataFrame(latents).to_parquet(tmp / "latents.parquet", index=False)
     return counts
+
+
+def _encoded(model, ds, batch_size: int):
+    """(posterior means, model properties) per batch of `ds`, in its order."""
+    from weightvae.data import ZooDataModule
+
+    for batch in ZooDataModule.loader(ds, batch_size=batch_size, shuffle=False):
+        yield model.encode(batch).mode(), batch["model_properties"]
+
+
+def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path) -> int:
+    """`n_samples` networks per layout of the training split, from `p.sampler`."""
+    from weightvae.data import ZooDataset
+
+    train = ZooDataset(shards, "train", normalize=model.normalize, max_len=model.cfg.max_len)
+    if p.n_samples == 0:
+        return 0
+    encoded: dict[str, list[tuple[torch.Tensor, dict[str, Any]]]] = {}
+    if p.sampler == "kde":
+        for z, props in _encoded(model, train, p.batch_size):
+            for zi, pr in zip(z, props):
+                encoded.setdefault(pr["layout_id"], []).append((zi, pr))
+    gen = torch.Generator().manual_seed(p.seed)
+    n = 0
+    for layout_id, props in _one_row_per_layout(train).items():
+        if p.sampler == "kde":
+            z, anchors = _kde_latents(p, encoded[layout_id], gen)
+        else:
+            z, anchors = torch.randn((p.n_samples, *model.net.latent_shape), generator=gen), [None] * p.n_samples
+        sds = model.reconstruct_to_model_weights(model.decode(z), [props] * p.n_samples)
+        for i, (sd, anchor) in enumerate(zip(sds, anchors)):
+            sid = f"sample-{props['architecture']}-{layout_id[:8]}-{i:04d}"
+            extra = {"sampler": p.sampler, **({"anchor_id": anchor} if anchor else {})}
+            rec = _record(sd, {**props, "run_id": sid, "epoch": None}, source_id=None, split="samples", **extra)
+            torch.save(rec, out / file_name(sid))
+            n += 1
+    return n
+
+
+def _kde_latents(p: ReconstructParams, encoded: list[tuple[torch.Tensor, dict[str, Any]]],
+                 gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    """`n_samples` latents from a KDE over one layout's training latents, and their kernels' model ids."""
+    from weightvae.prior import LatentKDE, top_fraction
+
+    rows = [pr for _, pr in encoded]
+    acc = np.array([np.nan if r.get("train_acc") is None else r["train_acc"] for r in rows], dtype=float)
+    if p.kde_top < 1 and np.isnan(acc).all():
+        print(f"reconstruct: {rows[0]['task']}/{rows[0]['architecture']} records no train_acc; "
+              f"kde_top={p.kde_top} ignored, kernels on all its training models")
+    kde = LatentKDE(torch.stack([z for z, _ in encoded]), top_fraction(acc, p.kde_top), p.kde_bandwidth)
+    z, idx = kde.sample(p.n_samples, generator=gen)
+    return z, [rows[i]["id"] for i in idx]
 
 
 def _one_row_per_layout(ds) -> dict[str, dict[str, Any]]:
