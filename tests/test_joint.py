@@ -41,6 +41,9 @@ def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
     assert set(head["groups"]) == {"digits/cnn", "digits_inverted/mlp"}
     for g in head["groups"].values():
         assert {"retention", "agreement", "r2"} <= set(g["methods"]["vae"]) and "fidelity_gain" in g
+        copies = g["samples"]["permuted_copies"]  # training networks with shuffled units: far in weights only
+        assert copies["functional_novelty_ratio"] == 0.0 and copies["novelty_ratio"] > 0.3
+        assert {"acc_ratio", "novelty_ratio", "functional_novelty_ratio"} <= set(g["samples"])
     assert set(df.group) == {"digits/cnn", "digits_inverted/mlp"}
     write_outputs(head, df, plots, tmp_path / "eval.json", tmp_path / "eval.csv", tmp_path / "plots", tmp_path / "live")
     assert json.loads((tmp_path / "eval.json").read_text())["models"] == len(table[table.split == "test"])

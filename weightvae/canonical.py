@@ -54,3 +54,15 @@ def canonicalize(arch: str, state_dict: Mapping[str, Tensor]) -> dict[str, Tenso
         for name, axis, block in group:
             sd[name] = _permute(sd[name], axis, block, perm, units)
     return sd
+
+
+def random_permutation(arch: str, state_dict: Mapping[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+    """A copy of `state_dict` with each hidden layer's units randomly permuted: the same function
+    at a different place in weight space (evaluate's "permuted copy" reference for samples)."""
+    sd = {k: v.clone() for k, v in state_dict.items()}
+    for group in GROUPS[arch]:
+        units = sd[group[0][0]].shape[0]
+        perm = torch.randperm(units, generator=generator)
+        for name, axis, block in group:
+            sd[name] = _permute(sd[name], axis, block, perm, units)
+    return sd

@@ -28,6 +28,7 @@ import torch
 
 from weightvae import metrics as M
 from weightvae.archs import ARCHITECTURES
+from weightvae.canonical import GROUPS, random_permutation
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
 from weightvae.params import load_section, require
@@ -149,7 +150,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
                        if v not in known]
             skipped.append(f"{key}: functional metrics skipped (unknown {' and '.join(unknown)})")
         g["samples"] = _samples(samples, layout, arch, task, train, train_w, std,
-                                pred_train if functional else None)
+                                pred_train if functional else None, torch.Generator().manual_seed(p.seed))
         if g["samples"].get("acc") is not None:
             plots["acc"].setdefault("samples", []).extend(g["samples"].pop("acc"))
         headline["groups"][key] = g
@@ -180,9 +181,15 @@ def _load_samples(recon_dir: Path) -> list[dict[str, Any]]:
 
 
 def _samples(samples: list[dict[str, Any]], layout: Layout, arch: str, task: str, train: pd.DataFrame,
-             train_w: torch.Tensor, std: torch.Tensor, pred_train: torch.Tensor | None) -> dict[str, Any]:
+             train_w: torch.Tensor, std: torch.Tensor, pred_train: torch.Tensor | None,
+             gen: torch.Generator) -> dict[str, Any]:
     """Accuracy and novelty of sampled networks; `pred_train`: training models' test predictions
-    (None when the task or architecture is unknown: weight-space novelty only)."""
+    (None when the task or architecture is unknown: weight-space novelty only).
+
+    Beside them, `permuted_copies`: as many random training networks with their hidden units
+    shuffled. They are copies, yet far away in weight space; the functional novelty sees through
+    that, the weight-space ratio does not.
+    """
     recs = [r for r in samples if r["model_properties"]["layout_id"] == layout.layout_id]
     if not recs:
         return {}
@@ -202,7 +209,22 @@ def _samples(samples: list[dict[str, Any]], layout: Layout, arch: str, task: str
                    acc_ratio=float(acc.mean()) / zoo_mean, functional_novelty_ratio=fnov["ratio_median"],
                    disagreement_with_nearest_train_median=fnov["sample_disagreement_median"],
                    train_nn_disagreement_median=fnov["train_disagreement_median"], acc=acc.tolist())
+        if arch in GROUPS:
+            out["permuted_copies"] = _permuted_copies(len(recs), layout, arch, kwargs, train, train_w, std,
+                                                      pred_train, data, gen)
     return out
+
+
+def _permuted_copies(n: int, layout: Layout, arch: str, kwargs: dict[str, Any], train: pd.DataFrame,
+                     train_w: torch.Tensor, std: torch.Tensor, pred_train: torch.Tensor, data: Any,
+                     gen: torch.Generator) -> dict[str, float]:
+    idx = torch.randint(len(train_w), (n,), generator=gen)
+    w = torch.stack([layout.flatten(random_permutation(arch, layout.unflatten(train_w[i], {}), gen)) for i in idx])
+    pred = M.predictions(arch, kwargs, [layout.unflatten(v, {}) for v in w], data.x_test)
+    run_ids = train.run_id.tolist()
+    return {"acc_ratio": float(M.accuracy(pred, data.y_test).mean()) / float(train.test_acc.mean()),
+            "novelty_ratio": M.novelty_ratio(w, train_w, std, run_ids)["ratio_median"],
+            "functional_novelty_ratio": M.functional_novelty_ratio(pred, pred_train, run_ids)["ratio_median"]}
 
 
 def _overall(groups: dict[str, Any]) -> dict[str, Any]:
