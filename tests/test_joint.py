@@ -1,6 +1,8 @@
-"""A joint zoo (two architectures on two tasks) through ingest, train, reconstruct and evaluate."""
+"""A joint zoo (two architectures, two tasks, one architecture on both) through ingest, train,
+reconstruct and evaluate."""
 
 import json
+import math
 
 import pandas as pd
 import torch
@@ -19,13 +21,13 @@ def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
     quiet = dict(log=lambda *_: None)
     build_zoo(ZooParams(task="digits", architectures={"cnn": 10}, epochs=2, save_epochs=(1, 2), group_size=10),
               zoo / "digits", **quiet)
-    build_zoo(ZooParams(task="digits_inverted", architectures={"mlp": 10}, epochs=2, save_epochs=(1, 2),
+    build_zoo(ZooParams(task="digits_inverted", architectures={"mlp": 10, "cnn": 10}, epochs=2, save_epochs=(1, 2),
                         group_size=10), zoo / "inverted", **quiet)
     shards = tmp_path / "shards"
     ingest(IngestParams(zoo_dir=str(zoo), split=(0.6, 0.2, 0.2)), shards, **quiet)
     table = pd.read_parquet(shards / "models.parquet")
-    assert table.groupby(["task", "architecture"]).size().to_dict() == {("digits", "cnn"): 20,
-                                                                        ("digits_inverted", "mlp"): 20}
+    assert table.groupby(["task", "architecture"]).size().to_dict() == {
+        ("digits", "cnn"): 20, ("digits_inverted", "cnn"): 20, ("digits_inverted", "mlp"): 20}
     layouts = json.loads((shards / "layouts.json").read_text())
     assert sorted(v["length"] for v in layouts.values()) == [1706, 2410]  # padded to the longest: 2,410
 
@@ -34,37 +36,42 @@ def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
     metrics = train(p, shards, tmp_path / "vae.ckpt", tmp_path / "ckpt", tmp_path / "live")
     assert metrics["train/behaviour"] >= 0  # the behavioural term ran for both layouts
     reconstruct(ReconstructParams(n_samples=2), shards, tmp_path / "vae.ckpt", tmp_path / "recon")
-    assert len(list((tmp_path / "recon" / "samples").glob("*.pt"))) == 4  # n_samples per architecture
+    assert len(list((tmp_path / "recon" / "samples").glob("*.pt"))) == 6  # n_samples per task/architecture
     _check_kde_samples(shards, tmp_path, table)
 
     head, df, plots = evaluate(EvaluateParams(), shards, tmp_path / "recon")
-    assert set(head["groups"]) == {"digits/cnn", "digits_inverted/mlp"}
+    assert set(head["groups"]) == {"digits/cnn", "digits_inverted/cnn", "digits_inverted/mlp"}
     for g in head["groups"].values():
         assert {"retention", "agreement", "r2"} <= set(g["methods"]["vae"]) and "fidelity_gain" in g
         copies = g["samples"]["permuted_copies"]  # training networks with shuffled units: far in weights only
         assert copies["functional_novelty_ratio"] == 0.0 and copies["novelty_ratio"] > 0.3
         assert {"acc_ratio", "novelty_ratio", "functional_novelty_ratio"} <= set(g["samples"])
-    assert set(df.group) == {"digits/cnn", "digits_inverted/mlp"}
+        assert g["samples"]["count"] == 2  # its own task's samples only, though both cnn groups share a layout
+    assert set(df.group) == {"digits/cnn", "digits_inverted/cnn", "digits_inverted/mlp"}
     write_outputs(head, df, plots, tmp_path / "eval.json", tmp_path / "eval.csv", tmp_path / "plots", tmp_path / "live")
     assert json.loads((tmp_path / "eval.json").read_text())["models"] == len(table[table.split == "test"])
 
 
 def _check_kde_samples(shards, tmp_path, table):
     """With bandwidth 0 a KDE sample is the VAE's reconstruction of its kernel's training model,
-    and kernels sit only on the best `kde_top` of each layout's training models by train_acc."""
+    and kernels sit only on the best `kde_top` of its own task/architecture's training models by
+    train_acc (the two cnn groups share a layout but not their kernels)."""
     out = tmp_path / "recon-kde"
     reconstruct(ReconstructParams(splits=("train",), n_samples=6, kde_bandwidth=0.0, kde_top=0.2), shards,
                 tmp_path / "vae.ckpt", out)
     train = table[table.split == "train"].set_index("id")
     samples = [torch.load(f, weights_only=True) for f in sorted((out / "samples").glob("*.pt"))]
-    assert len(samples) == 12
+    assert len(samples) == 18
     for s in samples:
         props = s["model_properties"]
         assert props["sampler"] == "kde"
         anchor = train.loc[props["anchor_id"]]
-        same = train[(train.layout_id == props["layout_id"])]
-        assert anchor.layout_id == props["layout_id"] and anchor.task == props["task"]
-        assert anchor.train_acc >= same.train_acc.sort_values(ascending=False).iloc[2]  # top 20% of 12: 3 models
+        arch = props["architecture"]["name"]
+        assert (anchor.layout_id, anchor.task, anchor.architecture) == (props["layout_id"], props["task"], arch)
+        assert props["run_id"].startswith(f"sample-{props['task']}-{arch}-")
+        same = train[(train.task == props["task"]) & (train.architecture == arch)]
+        k = math.ceil(0.2 * len(same))
+        assert anchor.train_acc >= same.train_acc.sort_values(ascending=False).iloc[k - 1]
         recon = torch.load(out / "train" / (props["anchor_id"].replace("/", "__") + ".pt"), weights_only=True)
         assert s["state_dict"].keys() == recon["state_dict"].keys()
         for k, v in recon["state_dict"].items():

@@ -250,6 +250,8 @@ def test_functional_novelty_ratio():
     assert 0.85 < fresh["ratio_median"] < 1.15
     with pytest.raises(ValueError, match="run ids"):
         functional_novelty_ratio(train[:3], train, run_ids[:-1])
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        functional_novelty_ratio(train[:3], train[:2], run_ids[:2])
 
 
 def test_most_agreeing_picks_the_best_substitute():

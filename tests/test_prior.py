@@ -12,6 +12,7 @@ def test_top_fraction_picks_the_best_and_skips_unknown():
     assert top_fraction(acc, 1.0).tolist() == [0, 1, 2, 3, 4, 5]  # 1.0: every row, unknown included
     assert top_fraction(np.array([0.9, 0.8, 0.8, 0.1]), 0.5).tolist() == [0, 1, 2]  # ties at the cut all kept
     assert top_fraction(np.array([np.nan, np.nan]), 0.3).tolist() == [0, 1]  # no metrics: all
+    assert len(top_fraction(np.arange(100) / 100, 0.55)) == 55  # 0.55 * 100 = 55.000000000000007 in floats
 
 
 def test_kde_bandwidth_zero_returns_pool_latents():
@@ -34,6 +35,14 @@ def test_kde_noise_scales_with_bandwidth_and_latent_spread():
     assert rel.std(0).tolist() == pytest.approx([0.5, 0.5, 0.5], rel=0.03)
     again, anchors2 = kde.sample(20_000, torch.Generator().manual_seed(1))
     assert torch.equal(out, again) and (anchors == anchors2).all()  # seeded: same draws
+
+
+def test_kde_width_comes_from_all_latents_not_the_pool():
+    z = torch.cat([torch.zeros(1, 2), torch.full((1, 2), 2.0)])  # spread (population std) 1.0 per dimension
+    kde = LatentKDE(z, np.array([0]), bandwidth=0.5)
+    out, anchors = kde.sample(20_000, torch.Generator().manual_seed(0))
+    assert set(anchors) == {0}
+    assert out.std(0).tolist() == pytest.approx([0.5, 0.5], rel=0.03)
 
 
 def test_kde_needs_a_pool():

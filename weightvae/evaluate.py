@@ -10,8 +10,9 @@ handing back the nearest training model. In a zoo that keeps early checkpoints, 
 model in weight space is often a near-initial "hub" at chance accuracy, a weak substitute;
 so the table also has `oracle_train`, the training model whose predictions agree most with
 the original's (the best any substitution could do), and `fidelity_gain_vs_oracle`. Sampled
-networks get accuracy and a memorisation check (distance to the nearest training model
-relative to the typical one between runs).
+networks get accuracy and two memorisation checks: distance to the nearest training model
+relative to the typical one between runs (weight space), and the same with disagreement on the
+test set (function space, blind to permuted copies), with permuted training networks beside them.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def per_model_agree(rows: list[dict[str, Any]], group: str, method: str) -> torc
 
 
 def _load_samples(recon_dir: Path) -> list[dict[str, Any]]:
-    """Every prior sample written by reconstruct, loaded once, in file-name order."""
+    """Every sampled network written by reconstruct, loaded once, in file-name order."""
     return [torch.load(f, map_location="cpu", weights_only=True) for f in sorted((recon_dir / "samples").glob("*.pt"))]
 
 
@@ -190,7 +191,8 @@ def _samples(samples: list[dict[str, Any]], layout: Layout, arch: str, task: str
     shuffled. They are copies, yet far away in weight space; the functional novelty sees through
     that, the weight-space ratio does not.
     """
-    recs = [r for r in samples if r["model_properties"]["layout_id"] == layout.layout_id]
+    recs = [r for r in samples if (r["model_properties"]["layout_id"], r["model_properties"]["task"],
+                                   r["model_properties"]["architecture"]["name"]) == (layout.layout_id, task, arch)]
     if not recs:
         return {}
     w = torch.stack([layout.flatten(r["state_dict"]) for r in recs])

@@ -5,7 +5,8 @@ posterior (where training networks actually land) is nowhere near N(0, I): prior
 decode to chance-level networks. The two-stage remedy of Schürholt et al. (2022,
 "Hyper-representations as generative models") samples instead from a KDE over the latents
 of the training split, optionally only of its best models: pick a training latent, add
-Gaussian noise of `bandwidth` times each latent dimension's spread over the training split.
+Gaussian noise of `bandwidth` times each latent dimension's spread over the training latents
+given (reconstruct passes one task/architecture/layout group at a time).
 
 The bandwidth trades accuracy against novelty: 0 decodes copies of training networks, and the
 larger it is the further samples move from every training model and the worse they work.
@@ -31,7 +32,7 @@ def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
     known = ~np.isnan(scores)
     if fraction >= 1.0 or not known.any():
         return np.arange(len(scores))
-    k = max(1, int(np.ceil(fraction * known.sum())))
+    k = max(1, int(np.ceil(round(fraction * known.sum(), 9))))  # round: 0.55 * 100 is 55.000000000000007
     cut = np.sort(scores[known])[::-1][k - 1]
     return np.flatnonzero(known & (scores >= cut))
 
@@ -47,7 +48,7 @@ class LatentKDE:
     def __post_init__(self) -> None:
         if len(self.latents) == 0 or len(self.pool) == 0:
             raise ValueError("LatentKDE needs at least one training latent in its pool")
-        # spread over the whole training split, so that the kernel's width does not depend on `pool`
+        # spread over all the latents given, not only the pool, so the kernel's width does not depend on `pool`
         self.scale = self.latents.std(0, unbiased=False) if len(self.latents) > 1 else torch.zeros_like(self.latents[0])
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, np.ndarray]:

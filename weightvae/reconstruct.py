@@ -6,7 +6,8 @@ the training split's latents (`weightvae.prior`), `prior` from the VAE's N(0, I)
 Outputs (one folder, replaced atomically):
     <out>/<split>/<id>.pt   reconstructions of each val/test model (posterior mean), zoo file schema
                             plus `source_id`
-    <out>/samples/<arch>-<i>.pt   `n_samples` draws per layout, zoo file schema plus `sampler` and,
+    <out>/samples/sample-<task>-<arch>-<layout>-<i>.pt   `n_samples` draws per (task, architecture,
+                            layout), zoo file schema plus `sampler` and,
                             for `kde`, `anchor_id` (the training model whose kernel it came from)
     <out>/latents.parquet   one row per reconstructed model: id, split, task, run_id, latent
 """
@@ -34,9 +35,9 @@ class ReconstructParams:
     """`reconstruct:` section of params.yaml."""
 
     splits: tuple[str, ...] = ("val", "test")
-    n_samples: int = 64  # sampled networks per architecture (layout)
+    n_samples: int = 64  # sampled networks per (task, architecture, layout)
     sampler: str = "kde"  # kde | prior
-    kde_bandwidth: float = 0.5  # kernel std, in units of each latent dimension's spread over the train split
+    kde_bandwidth: float = 0.5  # kernel std / each latent dimension's spread over the group's training models
     kde_top: float = 0.3  # kernels on the best fraction of training models by their recorded train_acc
     batch_size: int = 256
     seed: int = 0
@@ -108,27 +109,32 @@ def _encoded(model, ds, batch_size: int):
 
 
 def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path) -> int:
-    """`n_samples` networks per layout of the training split, from `p.sampler`."""
+    """`n_samples` networks per (task, architecture, layout) of the training split, from `p.sampler`.
+
+    Grouping by task too matters: one architecture trained on two tasks shares a layout, and a
+    sample must come from (and be scored against) the models of its own task.
+    """
     from weightvae.data import ZooDataset
 
     train = ZooDataset(shards, "train", normalize=model.normalize, max_len=model.cfg.max_len)
     if p.n_samples == 0:
         return 0
-    encoded: dict[str, list[tuple[torch.Tensor, dict[str, Any]]]] = {}
+    encoded: dict[tuple[str, str, str], list[tuple[torch.Tensor, dict[str, Any]]]] = {}
     if p.sampler == "kde":
         for z, props in _encoded(model, train, p.batch_size):
             for zi, pr in zip(z, props):
-                encoded.setdefault(pr["layout_id"], []).append((zi, pr))
+                encoded.setdefault(_group(pr), []).append((zi, pr))
     gen = torch.Generator().manual_seed(p.seed)
     n = 0
-    for layout_id, props in _one_row_per_layout(train).items():
+    for (task, arch, layout_id), props in _one_row_per_group(train).items():
         if p.sampler == "kde":
-            z, anchors = _kde_latents(p, encoded[layout_id], gen)
+            z, anchors = _kde_latents(p, encoded[task, arch, layout_id], gen)
+            vecs = model.decode(z.to(model.device))
         else:
-            z, anchors = torch.randn((p.n_samples, *model.net.latent_shape), generator=gen), [None] * p.n_samples
-        sds = model.reconstruct_to_model_weights(model.decode(z), [props] * p.n_samples)
+            vecs, anchors = model.sample(p.n_samples, generator=gen), [None] * p.n_samples
+        sds = model.reconstruct_to_model_weights(vecs, [props] * p.n_samples)
         for i, (sd, anchor) in enumerate(zip(sds, anchors)):
-            sid = f"sample-{props['architecture']}-{layout_id[:8]}-{i:04d}"
+            sid = f"sample-{task}-{arch}-{layout_id[:8]}-{i:04d}"
             extra = {"sampler": p.sampler, **({"anchor_id": anchor} if anchor else {})}
             rec = _record(sd, {**props, "run_id": sid, "epoch": None}, source_id=None, split="samples", **extra)
             torch.save(rec, out / file_name(sid))
@@ -138,25 +144,33 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path) -
 
 def _kde_latents(p: ReconstructParams, encoded: list[tuple[torch.Tensor, dict[str, Any]]],
                  gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-    """`n_samples` latents from a KDE over one layout's training latents, and their kernels' model ids."""
+    """`n_samples` latents from a KDE over one group's training latents, and their kernels' model ids."""
     from weightvae.prior import LatentKDE, top_fraction
 
     rows = [pr for _, pr in encoded]
+    name = f"{rows[0]['task']}/{rows[0]['architecture']}"
     acc = np.array([np.nan if r.get("train_acc") is None else r["train_acc"] for r in rows], dtype=float)
     if p.kde_top < 1 and np.isnan(acc).all():
-        print(f"reconstruct: {rows[0]['task']}/{rows[0]['architecture']} records no train_acc; "
-              f"kde_top={p.kde_top} ignored, kernels on all its training models")
+        print(f"reconstruct: {name} records no train_acc; kde_top={p.kde_top} ignored, kernels on all its "
+              "training models")
+    if len(rows) == 1 and p.kde_bandwidth > 0:
+        print(f"reconstruct: {name} has one training model, so no spread to scale the KDE's noise; "
+              "its samples are reconstructions of that model")
     kde = LatentKDE(torch.stack([z for z, _ in encoded]), top_fraction(acc, p.kde_top), p.kde_bandwidth)
     z, idx = kde.sample(p.n_samples, generator=gen)
     return z, [rows[i]["id"] for i in idx]
 
 
-def _one_row_per_layout(ds) -> dict[str, dict[str, Any]]:
-    """A representative training row per layout (its task, architecture, layout and buffers)."""
-    rows: dict[str, dict[str, Any]] = {}
+def _group(props: dict[str, Any]) -> tuple[str, str, str]:
+    return props["task"], props["architecture"], props["layout_id"]
+
+
+def _one_row_per_group(ds) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """A representative training row per (task, architecture, layout): its layout and buffers."""
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for i in range(len(ds)):
         props = ds.properties(i)
-        rows.setdefault(props["layout_id"], props)
+        rows.setdefault(_group(props), props)
     return dict(sorted(rows.items()))
 
 
