@@ -74,7 +74,7 @@ def _record(state_dict: dict[str, torch.Tensor], props: dict[str, Any], **extra:
 
 @torch.no_grad()
 def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path, out: str | Path) -> dict[str, int]:
-    """Write reconstructions, latents and prior samples; returns counts."""
+    """Write reconstructions, latents and sampled networks; returns counts."""
     from weightvae.data import ZooDataset
     from weightvae.model import VAE
 
