@@ -70,8 +70,8 @@ def _check_kde_samples(shards, tmp_path, table):
         assert (anchor.layout_id, anchor.task, anchor.architecture) == (props["layout_id"], props["task"], arch)
         assert props["run_id"].startswith(f"sample-{props['task']}-{arch}-")
         same = train[(train.task == props["task"]) & (train.architecture == arch)]
-        k = math.ceil(0.2 * len(same))
-        assert anchor.train_acc >= same.train_acc.sort_values(ascending=False).iloc[k - 1]
+        top_k = math.ceil(0.2 * len(same))
+        assert anchor.train_acc >= same.train_acc.sort_values(ascending=False).iloc[top_k - 1]
         recon = torch.load(out / "train" / (props["anchor_id"].replace("/", "__") + ".pt"), weights_only=True)
         assert s["state_dict"].keys() == recon["state_dict"].keys()
         for k, v in recon["state_dict"].items():
