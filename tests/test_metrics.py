@@ -17,6 +17,7 @@ from weightvae.metrics import (
     noise_baseline,
     functional_novelty_ratio,
     novelty_ratio,
+    train_nn_disagreement,
     predictions,
     r2,
     random_train_baseline,
@@ -243,15 +244,16 @@ def test_functional_novelty_ratio():
     per_run = noisy(runs, 0.3)
     train = per_run.repeat_interleave(2, 0)  # two identical checkpoints per run: never each other's neighbour
     run_ids = [f"run{r}" for r in range(runs) for _ in range(2)]
-    copies = functional_novelty_ratio(train[torch.randperm(len(train), generator=g)[:20]], train, run_ids)
-    fresh = functional_novelty_ratio(noisy(20, 0.3), train, run_ids)
+    scale = train_nn_disagreement(train, run_ids)
+    copies = functional_novelty_ratio(train[torch.randperm(len(train), generator=g)[:20]], train, scale)
+    fresh = functional_novelty_ratio(noisy(20, 0.3), train, scale)
     assert copies["ratio_median"] == 0.0 and copies["sample_disagreement_median"] == 0.0
-    assert fresh["train_disagreement_median"] > 0.2  # other-run neighbours only
+    assert scale > 0.2 and fresh["train_disagreement_median"] == scale  # other-run neighbours only
     assert 0.85 < fresh["ratio_median"] < 1.15
     with pytest.raises(ValueError, match="run ids"):
-        functional_novelty_ratio(train[:3], train, run_ids[:-1])
+        train_nn_disagreement(train, run_ids[:-1])
     with pytest.raises(ValueError, match="at least 2 runs"):
-        functional_novelty_ratio(train[:3], train[:2], run_ids[:2])
+        train_nn_disagreement(train[:2], run_ids[:2])
 
 
 def test_most_agreeing_picks_the_best_substitute():

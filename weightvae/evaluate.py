@@ -196,37 +196,33 @@ def _samples(samples: list[dict[str, Any]], layout: Layout, arch: str, task: str
     if not recs:
         return {}
     w = torch.stack([layout.flatten(r["state_dict"]) for r in recs])
-    nov = M.novelty_ratio(w, train_w, std, train.run_id.tolist())
+    run_ids = train.run_id.tolist()
+    nov = M.novelty_ratio(w, train_w, std, run_ids)
     out: dict[str, Any] = {"count": len(recs), "novelty_ratio": nov["ratio_median"],
                            "nearest_train_distance_median": nov["sample_nn_median"],
                            "train_nn_distance_median": nov["train_nn_median"]}
     if pred_train is not None:
         data = get_task(task)
         kwargs = recs[0]["model_properties"]["architecture"]["kwargs"]
+        zoo_mean = float(train.test_acc.mean())
+        train_dis = M.train_nn_disagreement(pred_train, run_ids)
         pred = M.predictions(arch, kwargs, [r["state_dict"] for r in recs], data.x_test)
         acc = M.accuracy(pred, data.y_test)
-        zoo_mean = float(train.test_acc.mean())
-        fnov = M.functional_novelty_ratio(pred, pred_train, train.run_id.tolist())
+        fnov = M.functional_novelty_ratio(pred, pred_train, train_dis)
         out.update(acc_mean=float(acc.mean()), acc_max=float(acc.max()), zoo_acc_mean=zoo_mean,
                    acc_ratio=float(acc.mean()) / zoo_mean, functional_novelty_ratio=fnov["ratio_median"],
                    disagreement_with_nearest_train_median=fnov["sample_disagreement_median"],
-                   train_nn_disagreement_median=fnov["train_disagreement_median"], acc=acc.tolist())
+                   train_nn_disagreement_median=train_dis, acc=acc.tolist())
         if arch in GROUPS:
-            out["permuted_copies"] = _permuted_copies(len(recs), layout, arch, kwargs, train, train_w, std,
-                                                      pred_train, data, gen)
+            idx = torch.randint(len(train_w), (len(recs),), generator=gen)
+            copies = [random_permutation(arch, layout.unflatten(train_w[i], {}), gen) for i in idx]
+            pred_c = M.predictions(arch, kwargs, copies, data.x_test)
+            out["permuted_copies"] = {
+                "acc_ratio": float(M.accuracy(pred_c, data.y_test).mean()) / zoo_mean,
+                "novelty_ratio": M.novelty_ratio(torch.stack([layout.flatten(c) for c in copies]), train_w, std,
+                                                 run_ids)["ratio_median"],
+                "functional_novelty_ratio": M.functional_novelty_ratio(pred_c, pred_train, train_dis)["ratio_median"]}
     return out
-
-
-def _permuted_copies(n: int, layout: Layout, arch: str, kwargs: dict[str, Any], train: pd.DataFrame,
-                     train_w: torch.Tensor, std: torch.Tensor, pred_train: torch.Tensor, data: Any,
-                     gen: torch.Generator) -> dict[str, float]:
-    idx = torch.randint(len(train_w), (n,), generator=gen)
-    w = torch.stack([layout.flatten(random_permutation(arch, layout.unflatten(train_w[i], {}), gen)) for i in idx])
-    pred = M.predictions(arch, kwargs, [layout.unflatten(v, {}) for v in w], data.x_test)
-    run_ids = train.run_id.tolist()
-    return {"acc_ratio": float(M.accuracy(pred, data.y_test).mean()) / float(train.test_acc.mean()),
-            "novelty_ratio": M.novelty_ratio(w, train_w, std, run_ids)["ratio_median"],
-            "functional_novelty_ratio": M.functional_novelty_ratio(pred, pred_train, run_ids)["ratio_median"]}
 
 
 def _overall(groups: dict[str, Any]) -> dict[str, Any]:

@@ -51,14 +51,25 @@ def accuracy(pred: Tensor, y: Tensor) -> Tensor:
     return (pred == y.unsqueeze(0)).double().mean(1)
 
 
+def best_agreement(pred: Tensor, candidates: Tensor, exclude: Tensor | None = None,
+                   exclude_b: Tensor | None = None, chunk: int = 64) -> tuple[Tensor, Tensor]:
+    """For each row of `pred` `[A, N]`, the highest agreement with any row of `candidates` `[B, N]`
+    and that row's index (ties: lowest index): (`[A]` float64, `[A]` int64).
+    `exclude[i] == exclude_b[j]` masks pair (i, j)."""
+    values = torch.empty(len(pred), dtype=torch.float64)
+    idx = torch.empty(len(pred), dtype=torch.int64)
+    for s in range(0, len(pred), chunk):
+        agree = (pred[s:s + chunk, None, :] == candidates[None]).double().mean(-1)  # [chunk, B]
+        if exclude is not None:
+            agree = agree.masked_fill(exclude[s:s + chunk, None] == exclude_b[None, :], -1.0)
+        values[s:s + chunk], idx[s:s + chunk] = agree.max(1)
+    return values, idx
+
+
 def most_agreeing(pred: Tensor, candidates: Tensor, chunk: int = 64) -> Tensor:
     """Index of the candidate network whose predictions agree most with each row of `pred`:
     pred `[M, N]`, candidates `[T, N]` -> `[M]` (ties: lowest index). The best any substitute can do."""
-    out = torch.empty(len(pred), dtype=torch.int64)
-    for i in range(0, len(pred), chunk):
-        agree = (pred[i:i + chunk, None, :] == candidates[None]).sum(-1)  # [chunk, T]
-        out[i:i + chunk] = agree.argmax(1)
-    return out
+    return best_agreement(pred, candidates, chunk=chunk)[1]
 
 
 def agreement(pred_a: Tensor, pred_b: Tensor) -> Tensor:
@@ -231,35 +242,28 @@ def novelty_ratio(samples: Tensor, train: Tensor, scale: Tensor, train_run_ids: 
     }
 
 
-def _max_agreement(pred: Tensor, candidates: Tensor, exclude: Tensor | None = None,
-                   exclude_b: Tensor | None = None, chunk: int = 64) -> Tensor:
-    """Highest agreement of each row of `pred` `[A, N]` with any row of `candidates` `[B, N]`: `[A]`.
-    `exclude[i] == exclude_b[j]` masks pair (i, j)."""
-    out = torch.empty(len(pred), dtype=torch.float64)
-    for s in range(0, len(pred), chunk):
-        agree = (pred[s:s + chunk, None, :] == candidates[None]).double().mean(-1)  # [chunk, B]
-        if exclude is not None:
-            agree = agree.masked_fill(exclude[s:s + chunk, None] == exclude_b[None, :], -1.0)
-        out[s:s + chunk] = agree.max(1).values
-    return out
-
-
-def functional_novelty_ratio(samples_pred: Tensor, train_pred: Tensor, train_run_ids: Sequence[str]) -> dict[str, Any]:
-    """Memorisation check in function space, blind to weight-space symmetries.
-
-    `novelty_ratio` measures distance in weights, where a permuted or rescaled copy of a training
-    network looks new. Here a sample's novelty is its disagreement (on the task's test inputs)
-    with the training model it agrees with most, over the same quantity between training models
-    of different runs. Copies, permuted or not, score 0; a fresh network about 1. Only meaningful
-    beside accuracy: a network at chance disagrees with everything. Predictions: `[S, N]`, `[T, N]`.
-    """
+def train_nn_disagreement(train_pred: Tensor, train_run_ids: Sequence[str]) -> float:
+    """Median, over training models, of the share of test inputs on which a model disagrees with
+    the training model of *another* run that agrees with it most: the scale of
+    `functional_novelty_ratio`. Predictions `[T, N]`; computed once per zoo, it is the costly part."""
     codes = torch.as_tensor(pd.factorize(pd.Series(list(train_run_ids)))[0])
     if len(codes) != len(train_pred):
         raise ValueError(f"{len(codes)} run ids for {len(train_pred)} training models")
     if codes.unique().numel() < 2:
         raise ValueError("need training models from at least 2 runs")
-    sample_dis = 1 - _max_agreement(samples_pred, train_pred)
-    train_dis = 1 - _max_agreement(train_pred, train_pred, codes, codes)
-    train_med = train_dis.quantile(0.5).item()
-    return {"ratio_median": sample_dis.quantile(0.5).item() / max(train_med, 1e-12),
-            "sample_disagreement_median": sample_dis.quantile(0.5).item(), "train_disagreement_median": train_med}
+    return (1 - best_agreement(train_pred, train_pred, codes, codes)[0]).quantile(0.5).item()
+
+
+def functional_novelty_ratio(samples_pred: Tensor, train_pred: Tensor, train_nn_dis: float) -> dict[str, Any]:
+    """Memorisation check in function space, blind to weight-space symmetries.
+
+    `novelty_ratio` measures distance in weights, where a permuted or rescaled copy of a training
+    network looks new. Here a sample's novelty is its disagreement (on the task's test inputs)
+    with the training model it agrees with most, over `train_nn_dis` (`train_nn_disagreement`,
+    the same quantity between training models of different runs). Copies, permuted or not, score
+    0; a fresh network about 1. Only meaningful beside accuracy: a network at chance disagrees
+    with everything. Predictions: `[S, N]`, `[T, N]`.
+    """
+    sample_dis = (1 - best_agreement(samples_pred, train_pred)[0]).quantile(0.5).item()
+    return {"ratio_median": sample_dis / max(train_nn_dis, 1e-12), "sample_disagreement_median": sample_dis,
+            "train_disagreement_median": train_nn_dis}
