@@ -1,6 +1,6 @@
 """Zoo training speed: vectorised runs vs a plain one-model-at-a-time loop, in one process.
 
-    python benchmarks/zoo.py [--loop-runs 4] [--group 128] [--skip-build]
+    python benchmarks/zoo.py [--loop-runs 4] [--group 128] [--skip-build] [--epochs N]
 
 Prints JSON: models/s of both paths (same params, same epochs), their ratio (goal >= 10x),
 and the wall time of building the default zoo from params.yaml.
@@ -23,8 +23,12 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--epochs", type=int, help="override zoo.epochs (and keep the checkpoints up to it)")
     args = ap.parse_args()
     p = load_section(args.params, "zoo", ZooParams)
+    if args.epochs:
+        p = ZooParams(**{**p.__dict__, "epochs": args.epochs,
+                         "save_epochs": tuple(e for e in p.save_epochs if e <= args.epochs) or (args.epochs,)})
     runs = plan_runs(ZooParams(**{**p.__dict__, "architectures": {"cnn": max(args.group, args.loop_runs)}}))
 
     t = time.perf_counter()

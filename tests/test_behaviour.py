@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from weightvae.archs import build_model
@@ -21,11 +22,19 @@ def test_flat_logits_match_the_module_and_probes_come_from_the_training_set():
                 torch.testing.assert_close(logits[i], n.eval()(probes), rtol=1e-5, atol=1e-5)
 
 
-def test_behaviour_loss_is_zero_for_identical_outputs_and_positive_otherwise():
+def test_behaviour_loss_is_kl_of_original_to_reconstruction():
     ref = torch.randn(4, 16, 10)
     assert behaviour_kl(ref, ref.clone()).abs() < 1e-7
     assert behaviour_kl(ref, ref + 5.0).abs() < 1e-6  # a constant logit shift leaves the distribution alone
-    assert behaviour_kl(ref, torch.randn(4, 16, 10)) > 0.1
+    # the direction: KL(original || reconstruction), checked by hand on one pair of distributions
+    p, q = torch.tensor([0.9, 0.05, 0.05]), torch.tensor([0.2, 0.4, 0.4])
+    forward = float((p * (p / q).log()).sum())  # KL(p || q) = 1.1458..., KL(q || p) = 1.3627...
+    got = behaviour_kl(p.log()[None, None], q.log()[None, None])
+    assert got.item() == pytest.approx(forward, rel=1e-6) and abs(forward - float((q * (q / p).log()).sum())) > 0.1
+    # the mean over networks and probes
+    other = torch.randn(4, 16, 10)
+    per = (ref.softmax(-1) * (ref.log_softmax(-1) - other.log_softmax(-1))).sum(-1)  # [4, 16]
+    assert behaviour_kl(ref, other).item() == pytest.approx(per.mean().item(), rel=1e-6)
 
 
 def test_behaviour_term_of_the_vae_is_zero_when_reconstruction_equals_original():
@@ -36,9 +45,16 @@ def test_behaviour_term_of_the_vae_is_zero_when_reconstruction_equals_original()
     functional = {layout.layout_id: {"arch": "cnn", "kwargs": {}, "task": "digits", "layout": layout.to_dict()}}
     vae = VAE(vae_kwargs(VAEConfig(max_len=layout.length, channels=(4,), latent="spatial")),
               {"behaviour_weight": 1.0, "probe_count": 16}, layout_ids=[layout.layout_id], functional=functional)
-    x = torch.stack([layout.flatten(build_model("cnn").state_dict()) for _ in range(3)])
+    nets = [build_model("cnn").eval() for _ in range(3)]
+    x = torch.stack([layout.flatten(n.state_dict()) for n in nets])
     ref, valid = vae.function_logits(x, [layout.layout_id] * 3)
-    same, _ = vae.function_logits(x.clone(), [layout.layout_id] * 3)
-    assert valid.all() and behaviour_kl(ref, same) == 0
-    terms = vae.loss_terms(x)
+    probes = probe_inputs("digits", 16)
+    with torch.no_grad():  # the logits are those of the networks the vectors hold (no normalisation here)
+        torch.testing.assert_close(ref, torch.stack([n(probes) for n in nets]), rtol=1e-5, atol=1e-5)
+    assert valid.all()
+    terms = vae.loss_terms(x, sample_posterior=False)
     assert terms["behaviour"] > 0  # an untrained decoder does not reproduce the function
+    with torch.no_grad():
+        recon = vae.net(x, sample_posterior=False)[0]
+        logits, _ = vae.function_logits(recon, [layout.layout_id] * 3)
+    assert terms["behaviour"].item() == pytest.approx(behaviour_kl(ref, logits).item(), rel=1e-5)

@@ -22,6 +22,7 @@ def shards(tiny_zoo, tmp_path_factory):
         (zoo / f.name).write_bytes(f.read_bytes())
         mp = rec["model_properties"]
         mp["run_id"], mp["task"] = mp["run_id"].replace("digits", "twin"), "twin"
+        mp["metrics"]["train_acc"] = 1 - mp["metrics"]["test_acc"]  # ranks runs the other way round from test_acc
         torch.save(rec, zoo / f"twin-{f.name}")
     ingest(IngestParams(zoo_dir=str(zoo), workers=1), base / "shards", log=lambda *_: None)
     return base / "shards"
@@ -105,13 +106,15 @@ def test_dataset_selects_a_task_and_topk_keeps_the_best_runs_per_task(shards):
     top = ZooDataset(shards, "train", topk=1)
     for task in ("digits", "twin"):
         rows = [p for p in joint.rows if p["task"] == task]
-        final = {}
+        final_train, final_test = {}, {}
         for p in sorted(rows, key=lambda p: p["epoch"]):
-            final[p["run_id"]] = p["test_acc"]
-        best = max(final, key=final.get)
+            final_train[p["run_id"]], final_test[p["run_id"]] = p["train_acc"], p["test_acc"]
+        best = max(final_train, key=final_train.get)  # by train_acc: the test set is evaluate's
         kept = [p for p in top.rows if p["task"] == task]
         assert {p["run_id"] for p in kept} == {best}
         assert len(kept) == sum(p["run_id"] == best for p in rows)  # every checkpoint of the run
+        if task == "twin":  # its train_acc is 1 - test_acc: the best run by train_acc is the worst by test_acc
+            assert best == min(final_test, key=final_test.get) != max(final_test, key=final_test.get)
     for split in ("val", "test"):
         with pytest.raises(ValueError, match="only allowed for split='train'"):
             ZooDataset(shards, split, topk=1)

@@ -32,7 +32,7 @@ from weightvae.data import ZooDataset
 from weightvae.evaluate import EvaluateParams
 from weightvae.ingest import IngestError, IngestParams, ingest
 from weightvae.layout import Layout
-from weightvae.params import ParamsError, load_section
+from weightvae.params import ParamsError, load_section, run_command
 from weightvae.reconstruct import ReconstructParams
 from weightvae.train import TrainParams
 from weightvae.zoo import ZooParams
@@ -255,6 +255,12 @@ BAD_PARAMS = [
     ("train", {"learning_rat": 0.1}, ["train.learning_rat: unknown key", "allowed keys are", "'learning_rate'"]),
     ("train", {"batch_size": "big"}, ["train.batch_size", "'big' is not allowed", "expected int"]),
     ("train", {"learning_rate": 0}, ["train.learning_rate", "0.0 is not allowed", "need > 0"]),
+    ("train", {"precision": "32"}, ["train.precision", "'32' is not allowed", "'32-true'", "'bf16-mixed'"]),
+    ("train", {"accelerator": "xpu"}, ["train.accelerator", "'xpu' is not allowed", "'cpu'", "'gpu'"]),
+    ("train", {"strategy": "dp"}, ["train.strategy", "'dp' is not allowed", "'ddp'"]),
+    ("train", {"devices": 0}, ["train.devices", "0 is not allowed", "need a count >= 1, -1 (every device) or 'auto'"]),
+    ("train", {"limit_train_batches": 1.5}, ["train.limit_train_batches", "1.5 is not allowed",
+                                             "a fraction in (0, 1]"]),
     ("reconstruct", {"n_sample": 3}, ["reconstruct.n_sample: unknown key", "allowed keys are", "'n_samples'"]),
     ("reconstruct", {"n_samples": 1.5}, ["reconstruct.n_samples", "1.5 is not allowed", "expected int"]),
     ("reconstruct", {"splits": ["train", "holdout"]}, ["reconstruct.splits", "['train', 'holdout'] is not allowed",
@@ -314,3 +320,30 @@ def test_each_stage_script_exits_2_with_one_line_on_stderr_and_writes_nothing(tm
         assert all(s in lines[0] for s in cases[section][1]), lines[0]
         assert stdout == ""
         assert sorted(p.name for p in (tmp_path / section).iterdir()) == ["params.yaml"]  # no output, no temporary
+
+
+def test_unknown_dataset_and_an_evaluate_split_reconstruct_never_wrote_get_one_line(tiny_zoo, tmp_path, capsys):
+    import argparse
+
+    from weightvae import evaluate as E
+    from weightvae import train as T
+    from weightvae.ingest import ingest
+
+    ingest(IngestParams(zoo_dir=str(tiny_zoo[0]), workers=1), tmp_path / "shards", log=lambda *_: None)
+    params = _params_file(tmp_path, "train", {"dataset": "cifar10", "accelerator": "cpu"})
+    args = argparse.Namespace(params=str(params), shards=str(tmp_path / "shards"), out=str(tmp_path / "vae.ckpt"),
+                              ckpt_dir=str(tmp_path / "ckpt"), live_dir=str(tmp_path / "live"))
+    assert run_command("train", T.run, args) == 2
+    err = capsys.readouterr().err
+    assert err == ("weightvae train: bad params: train.dataset: 'cifar10' is not allowed; choose 'joint' (every task) "
+                   "or one of the shards' tasks ['digits']\n")
+    (tmp_path / "recon" / "test").mkdir(parents=True)  # reconstruct wrote test only
+    params = _params_file(tmp_path, "evaluate", {"split": "val"})
+    args = argparse.Namespace(params=str(params), shards=str(tmp_path / "shards"), recon=str(tmp_path / "recon"),
+                              metrics=str(tmp_path / "eval.json"), table=str(tmp_path / "eval.csv"),
+                              plots=str(tmp_path / "plots"), live_dir=None)
+    with pytest.raises(SystemExit):
+        E.run(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no reconstructions of the 'val' split; add 'val' to reconstruct.splits" in err[0]
+    assert not (tmp_path / "eval.json").exists()

@@ -274,7 +274,8 @@ def test_plain_state_dicts_and_safetensors_are_accepted(tmp_path):
     # safetensors stores tensors sorted, not in module order: the same net there is a second layout
     assert m["models"] == 3 and m["layouts"] == 2 and m["tasks"] == {"unknown": {"train": 3, "val": 0, "test": 0}}
     rows = {r["source_path"]: r for r in _table(tmp_path / "out")}
-    assert {r["id"]: r["run_id"] for r in rows.values()} == {"sub/net-a": "net-a", "net-b": "net-b", "net-c": "net-c"}
+    # run ids (ingest.run_id_from: auto): the sub-folder for a file in one, else the file's stem
+    assert {r["id"]: r["run_id"] for r in rows.values()} == {"sub/net-a": "sub", "net-b": "net-b", "net-c": "net-c"}
     train = np.load(tmp_path / "out" / "train.npy")
     for name, sd in sds.items():
         r = rows[name]
@@ -286,6 +287,42 @@ def test_plain_state_dicts_and_safetensors_are_accepted(tmp_path):
     # format: weightvae insists on the zoo schema
     with pytest.raises(IngestError, match="is not in the zoo schema"):
         _ingest(zoo, tmp_path / "out", format="weightvae")
+
+
+def _per_run_folders(zoo: Path, runs: int = 12, ckpts: int = 3) -> None:
+    """Bare state_dicts `run-<r>/step-<c>.pt`: the checkpoints of a run share a folder, not a name."""
+    for r in range(runs):
+        (zoo / f"run-{r:02d}").mkdir(parents=True)
+        for c in range(ckpts):
+            torch.save(nn.Linear(3, 2).state_dict(), zoo / f"run-{r:02d}" / f"step-{c}.pt")
+
+
+@pytest.mark.parametrize("rule, runs", [("auto", 12), ("parent", 12), (r"(run-\d+)/", 12), ("stem", 3)])
+def test_bare_state_dicts_are_grouped_into_runs_by_run_id_from(tmp_path, rule, runs):
+    _per_run_folders(tmp_path / "zoo")
+    m = _ingest(tmp_path / "zoo", tmp_path / "out", split=(0.5, 0.25, 0.25), run_id_from=rule)
+    rows = _table(tmp_path / "out")
+    assert m["models"] == 36 and m["runs"] == runs == len({r["run_id"] for r in rows})
+    for r in rows:
+        folder, stem = r["source_path"].split("/")[0], Path(r["source_path"]).stem
+        assert r["run_id"] == (stem if rule == "stem" else folder)
+        assert r["split"] == split_of(r["run_id"], "weightvae", (0.5, 0.25, 0.25))  # the run decides the split
+    if rule != "stem":  # every checkpoint of a run in one split, and more than one split used
+        by_run = {}
+        for r in rows:
+            by_run.setdefault(r["run_id"], set()).add(r["split"])
+        assert all(len(v) == 1 for v in by_run.values()) and len({r["split"] for r in rows}) > 1
+
+
+def test_run_id_from_that_does_not_apply_names_the_file(tmp_path):
+    _per_run_folders(tmp_path / "zoo", runs=2)
+    with pytest.raises(IngestError, match=r"run-00/step-0\.pt: does not match ingest\.run_id_from 'trial_\(\\d\+\)'"):
+        _ingest(tmp_path / "zoo", tmp_path / "out", run_id_from=r"trial_(\d+)")
+    torch.save(nn.Linear(3, 2).state_dict(), tmp_path / "zoo" / "loose.pt")
+    with pytest.raises(IngestError, match="loose.pt: sits at the top of the zoo folder, so it has no parent folder"):
+        _ingest(tmp_path / "zoo", tmp_path / "out", run_id_from="parent")
+    with pytest.raises(ParamsError, match=r"ingest\.run_id_from: 'run\(' is not allowed; choose one of"):
+        build(IngestParams, {"run_id_from": "run("}, "ingest")
 
 
 def test_a_second_copy_of_a_checkpoint_is_refused(tiny_zoo, tmp_path):

@@ -7,8 +7,10 @@ import math
 import pandas as pd
 import torch
 
+from weightvae.data import ZooDataset, collate
 from weightvae.evaluate import EvaluateParams, evaluate, write_outputs
 from weightvae.ingest import IngestParams, ingest
+from weightvae.model import VAE
 from weightvae.reconstruct import ReconstructParams, reconstruct
 from weightvae.train import TrainParams, train
 from weightvae.zoo import ZooParams, build_zoo
@@ -34,7 +36,16 @@ def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
     p = TrainParams(channels=(4,), latent="spatial", max_epochs=2, batch_size=8, accelerator="cpu",
                     behaviour_weight=1.0, probe_count=8)
     metrics = train(p, shards, tmp_path / "vae.ckpt", tmp_path / "ckpt", tmp_path / "live")
-    assert metrics["train/behaviour"] >= 0  # the behavioural term ran for both layouts
+    # the behavioural term runs for every (task, layout), the cnn layout shared by two tasks included
+    vae = VAE.from_export(str(tmp_path / "vae.ckpt"))
+    cnn = next(lid for lid, v in layouts.items() if v["length"] == 1706)
+    assert sorted(k.split("/")[0] for k in vae.functional) == ["digits", "digits_inverted", "digits_inverted"]
+    assert {f"digits/{cnn}", f"digits_inverted/{cnn}"} <= set(vae.functional)
+    batch = collate([ZooDataset(shards, "train")[i] for i in range(len(ZooDataset(shards, "train")))])
+    lids = [pr["layout_id"] for pr in batch["model_properties"]]
+    logits, valid = vae.function_logits(batch["weight"], lids, vae._function_keys(batch, lids))
+    assert valid.all() and logits.shape[:2] == (len(lids), 8)
+    assert metrics["train/behaviour"] > 0
     reconstruct(ReconstructParams(n_samples=2), shards, tmp_path / "vae.ckpt", tmp_path / "recon")
     assert len(list((tmp_path / "recon" / "samples").glob("*.pt"))) == 6  # n_samples per task/architecture
     _check_kde_samples(shards, tmp_path, table)
@@ -45,7 +56,8 @@ def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
         assert {"retention", "agreement", "r2"} <= set(g["methods"]["vae"]) and "fidelity_gain" in g
         copies = g["samples"]["permuted_copies"]  # training networks with shuffled units: far in weights only
         assert copies["functional_novelty_ratio"] == 0.0 and copies["novelty_ratio"] > 0.3
-        assert {"acc_ratio", "novelty_ratio", "functional_novelty_ratio"} <= set(g["samples"])
+        assert {"acc_ratio_vs_all_checkpoints", "acc_ratio_vs_final_epoch", "acc_ratio_vs_pool", "acc_ratio_vs_anchors",
+                "novelty_ratio", "novelty_ratio_vs_pool", "functional_novelty_ratio"} <= set(g["samples"])
         assert g["samples"]["count"] == 2  # its own task's samples only, though both cnn groups share a layout
     assert set(df.group) == {"digits/cnn", "digits_inverted/cnn", "digits_inverted/mlp"}
     write_outputs(head, df, plots, tmp_path / "eval.json", tmp_path / "eval.csv", tmp_path / "plots", tmp_path / "live")

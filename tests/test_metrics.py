@@ -10,19 +10,23 @@ from weightvae.metrics import (
     agreement,
     fidelity_gain,
     fidelity_gains,
-    layer_std,
+    functional_novelty_ratio,
     mean_baseline,
     mse,
     nearest_train_baseline,
     noise_baseline,
-    functional_novelty_ratio,
     novelty_ratio,
-    train_nn_disagreement,
+    pca_baseline,
     predictions,
     r2,
     random_train_baseline,
     random_train_indices,
+    retention,
+    retention_median,
+    train_nn_disagreements,
+    train_nn_distances,
 )
+from weightvae.standardize import from_weights
 from weightvae.tasks import get_task
 
 
@@ -107,7 +111,7 @@ def test_nearest_and_noise_baselines_on_real_cnns():
     task = get_task("digits")
     sds = random_cnns(8)
     train, slices = flatten(sds)
-    std = layer_std(train, slices)
+    _, std = from_weights(train, slices)
     test = noise_baseline(train[[2, 5]], std, 0.05, gen())
     vecs, idx, dist = nearest_train_baseline(test, train, std)
     assert idx.tolist() == [2, 5] and torch.equal(vecs, train[[2, 5]])
@@ -140,11 +144,47 @@ def test_fidelity_gain():
 # ----------------------------------------------------------------------------- baselines
 
 
-def test_layer_std_and_mean_baseline():
+def test_mean_baseline():
     train = torch.tensor([[0.0, 2.0, 5.0], [2.0, 0.0, 5.0]])
-    std = layer_std(train, [("a", slice(0, 2)), ("b", slice(2, 3))])
-    assert torch.allclose(std, torch.tensor([torch.tensor([0.0, 2.0, 2.0, 0.0]).std().item()] * 2 + [0.0]))
     assert torch.equal(mean_baseline(train, 4), torch.tensor([[1.0, 1.0, 5.0]] * 4))
+
+
+def test_retention_is_a_ratio_of_means_not_a_mean_of_ratios():
+    """A substitute at 0.7 for a near-chance original at 0.1 must not count 7.0."""
+    orig = torch.tensor([0.1, 0.9, 0.8], dtype=torch.float64)
+    sub = torch.tensor([0.7, 0.6, 0.8], dtype=torch.float64)
+    assert retention(sub, orig) == pytest.approx(2.1 / 1.8)  # (0.7 + 0.6 + 0.8) / (0.1 + 0.9 + 0.8)
+    assert retention_median(sub, orig, 1 / 500) == pytest.approx(1.0)  # ratios 7, 2/3, 1
+    assert retention_median(torch.tensor([0.5]), torch.tensor([0.0]), 0.01) == pytest.approx(50.0)  # floored
+
+
+def test_r2_overall_pools_raw_units_and_layer_mean_counts_each_layer_once():
+    orig = torch.tensor([[10.0, -10.0, 1.0], [-10.0, 10.0, -1.0]])
+    mean = torch.zeros(3)
+    recon = orig.clone()
+    recon[:, 2] = 0.0  # the small layer 'b' entirely lost: its R^2 is 0
+    slices = [("a", slice(0, 2)), ("b", slice(2, 3))]
+    score = r2(orig, recon, mean, slices)
+    assert score["per_layer"] == {"a": 1.0, "b": 0.0}
+    assert score["overall"] == pytest.approx(1 - 2 / 402)  # dominated by the large layer
+    assert score["layer_mean"] == 0.5
+
+
+def test_pca_baseline_keeps_the_top_components_and_undoes_the_standardisation():
+    g = gen(0)
+    basis = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    train = torch.randn(50, 2, generator=g, dtype=torch.float64) @ basis  # rank 2
+    mean = torch.tensor([1.0, 1, 1, -2, -2, -2], dtype=torch.float64)
+    scale = torch.tensor([2.0, 2, 2, 0.5, 0.5, 0.5], dtype=torch.float64)
+    train, test = train * scale + mean, (torch.randn(5, 2, generator=g, dtype=torch.float64) @ basis) * scale + mean
+    assert torch.allclose(pca_baseline(test, train, mean, scale, 2), test)  # in the span: exact
+    zero = pca_baseline(test, train, mean, scale, 0)  # k = 0: the training mean for every model
+    assert torch.allclose(zero, train.mean(0).expand_as(test))
+    one = pca_baseline(test, train, mean, scale, 1)
+    z = (train - mean) / scale
+    top = torch.linalg.svd(z - z.mean(0), full_matrices=False)[2][0]
+    expect = (((test - mean) / scale - z.mean(0)) @ top)[:, None] * top + z.mean(0)
+    assert torch.allclose(one, expect * scale + mean)
 
 
 def test_noise_baseline_scale_and_determinism():
@@ -212,21 +252,24 @@ def test_novelty_ratio():
     shrunk = mean + 0.3 * (fresh - mean)
     copies = train[torch.randperm(len(train), generator=g)[:30]]
 
-    r_fresh = novelty_ratio(fresh, train, scale, run_ids)
-    r_shrunk = novelty_ratio(shrunk, train, scale, run_ids)
-    r_copies = novelty_ratio(copies, train, scale, run_ids)
+    ref = train_nn_distances(train, scale, run_ids)
+    r_fresh = novelty_ratio(fresh, train, scale, ref)
+    r_shrunk = novelty_ratio(shrunk, train, scale, ref)
+    r_copies = novelty_ratio(copies, train, scale, ref)
     # Other-run neighbours only: same-run checkpoints (distance ~0.05 * sqrt(2 * 200)) don't count.
-    assert r_fresh["train_nn_median"] > 10
+    assert r_fresh["train_nn_median"] > 10 and ref.shape == (240,)
     assert 0.85 < r_fresh["ratio_median"] < 1.15
     assert r_copies["ratio_median"] < 1e-6 and r_copies["sample_nn_median"] < 1e-6
     assert r_shrunk["ratio_median"] < 0.85 * r_fresh["ratio_median"]
     assert r_shrunk["ratio_mean"] < r_fresh["ratio_mean"]
     assert r_fresh["ratios"].shape == (30,)
     assert r_fresh["ratio_median"] == pytest.approx(r_fresh["sample_nn_median"] / r_fresh["train_nn_median"])
-    again = novelty_ratio(fresh, train, scale, run_ids)
+    again = novelty_ratio(fresh, train, scale, ref)
     assert again["ratio_median"] == r_fresh["ratio_median"] and torch.equal(again["ratios"], r_fresh["ratios"])
+    # a reference population (the pool) of half the distance doubles the ratio
+    assert novelty_ratio(fresh, train, scale, ref / 2)["ratio_median"] == pytest.approx(2 * r_fresh["ratio_median"])
     with pytest.raises(ValueError):
-        novelty_ratio(fresh, train, scale, run_ids[:-1])
+        train_nn_distances(train, scale, run_ids[:-1])
 
 
 def test_functional_novelty_ratio():
@@ -244,16 +287,18 @@ def test_functional_novelty_ratio():
     per_run = noisy(runs, 0.3)
     train = per_run.repeat_interleave(2, 0)  # two identical checkpoints per run: never each other's neighbour
     run_ids = [f"run{r}" for r in range(runs) for _ in range(2)]
-    scale = train_nn_disagreement(train, run_ids)
+    dis = train_nn_disagreements(train, run_ids)
+    assert dis.shape == (80,)
+    scale = dis.quantile(0.5).item()
     copies = functional_novelty_ratio(train[torch.randperm(len(train), generator=g)[:20]], train, scale)
     fresh = functional_novelty_ratio(noisy(20, 0.3), train, scale)
     assert copies["ratio_median"] == 0.0 and copies["sample_disagreement_median"] == 0.0
     assert scale > 0.2 and fresh["train_disagreement_median"] == scale  # other-run neighbours only
     assert 0.85 < fresh["ratio_median"] < 1.15
     with pytest.raises(ValueError, match="run ids"):
-        train_nn_disagreement(train, run_ids[:-1])
+        train_nn_disagreements(train, run_ids[:-1])
     with pytest.raises(ValueError, match="at least 2 runs"):
-        train_nn_disagreement(train[:2], run_ids[:2])
+        train_nn_disagreements(train[:2], run_ids[:2])
 
 
 def test_most_agreeing_picks_the_best_substitute():

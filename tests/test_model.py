@@ -73,11 +73,35 @@ def test_layerwise_loss_weights_a_small_layer_as_much_as_a_large_one():
     assert masked_mse(x, err_small, mask) < masked_mse(x, err_big, mask) / 9  # plain MSE drowns the small layer
 
 
-def test_kl_is_zero_at_the_prior():
+def test_kl_matches_torch_distributions_at_random_values():
+    from torch.distributions import Independent, Normal, kl_divergence
+
     from weightvae.model import DiagonalGaussian
 
-    post = DiagonalGaussian(torch.zeros(4, 12))
-    assert torch.equal(post.kl(), torch.zeros(4))
+    g = torch.Generator().manual_seed(0)
+    params = torch.randn(4, 12, generator=g, dtype=torch.float64) * 2  # mean [4, 6], logvar [4, 6]
+    post = DiagonalGaussian(params)
+    mean, logvar = params.chunk(2, dim=1)
+    q = Independent(Normal(mean, torch.exp(0.5 * logvar)), 1)
+    p = Independent(Normal(torch.zeros_like(mean), torch.ones_like(mean)), 1)
+    torch.testing.assert_close(post.kl(), kl_divergence(q, p))
+    assert torch.equal(DiagonalGaussian(torch.zeros(4, 12)).kl(), torch.zeros(4))
+    spatial = DiagonalGaussian(torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64))  # [B, 2C, H, W]
+    m, lv = spatial.mean, spatial.logvar
+    q = Independent(Normal(m, torch.exp(0.5 * lv)), 3)
+    torch.testing.assert_close(spatial.kl(), kl_divergence(q, Independent(Normal(0 * m, 1 + 0 * m), 3)))
+
+
+def test_spatial_latent_shapes_and_padding():
+    """The default latent: `latent_channels` values per pixel of the bottom feature map."""
+    m = VAE(vae_kwargs(VAEConfig(max_len=50, channels=(4, 8), latent="spatial", latent_channels=3)))
+    x = torch.randn(2, 50)
+    assert m.get_input(x).shape == (2, 1, 8, 8) and m.net.latent_shape == (3, 4, 4)
+    _, recon, post = m(x)
+    assert recon.shape == (2, 50) and post.mean.shape == post.std.shape == (2, 3, 4, 4)
+    assert m.decode(post.mode()).shape == (2, 50)
+    one = VAE(vae_kwargs(VAEConfig(max_len=1706, channels=(16,), latent="spatial")))
+    assert one.net.latent_shape == (1, 41, 42)  # 1,722 values for 1,706 weights: no compression
 
 
 def test_d2nwg_preset_matches_the_seed_description():

@@ -51,10 +51,9 @@ def _results(repo: Path) -> tuple[dict, dict]:
     return hashes, metrics
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A git + DVC copy of this working tree with the CI-sized params, after one `dvc repro`."""
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+def copy_repo(repo: Path, overrides: dict) -> Path:
+    """A git + DVC copy of this working tree (code and config, no data, no dvc.lock) at `repo`, with the
+    CI-sized params and then `overrides` merged into params.yaml, committed."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:
@@ -64,10 +63,17 @@ def repo(tmp_path_factory) -> Path:
     (repo / "dvc.lock").unlink(missing_ok=True)
     params = _merge(yaml.safe_load((repo / "params.yaml").read_text()),
                     yaml.safe_load((ROOT / "tests" / "ci_params.yaml").read_text()))
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False))
     _sh(["git", "init", "-q"], repo)
     _sh(["git", "-c", "user.email=ci@weightvae", "-c", "user.name=ci", "add", "-A"], repo)
     _sh(["git", "-c", "user.email=ci@weightvae", "-c", "user.name=ci", "commit", "-qm", "ci"], repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """The copy after one `dvc repro`."""
+    repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo", {})
     out = _sh(["dvc", "repro"], repo)
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out
@@ -104,4 +110,28 @@ def test_changing_a_train_param_reruns_exactly_the_downstream_stages(repo):
     assert ran == {"train", "reconstruct", "evaluate"}, out[-2000:]
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True,
                                       check=True).stdout)
-    assert "train.batch_size" in json.dumps(shown) or "batch_size" in json.dumps(shown)
+    base = [rev for rev in shown if rev.get("rev") != "workspace"]  # the commit the experiment is based on
+    exps = list(_experiments(shown))
+    assert [_params(rev)["train"]["batch_size"] for rev in base] == [16]  # tests/ci_params.yaml
+    assert [_params(rev)["train"]["batch_size"] for rev in exps] == [8]
+    assert "vae" in _metrics(exps[0])["metrics/eval.json"]["data"]  # its metrics, from its own evaluate
+
+
+def _experiments(node, inside: bool = False):
+    """The revision records (dicts with "rev" and "data") under an "experiments" key of `dvc exp show --json`."""
+    if isinstance(node, dict):
+        if inside and "rev" in node and isinstance(node.get("data"), dict):
+            yield node
+        for k, v in node.items():
+            yield from _experiments(v, inside or k == "experiments")
+    elif isinstance(node, list):
+        for v in node:
+            yield from _experiments(v, inside)
+
+
+def _params(rev) -> dict:
+    return rev["data"]["params"]["params.yaml"]["data"]
+
+
+def _metrics(rev) -> dict:
+    return rev["data"]["metrics"]

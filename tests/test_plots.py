@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from weightvae.plots import accuracy_histograms, accuracy_scatter, layer_r2_bars, training_curves
+from weightvae.plots import accuracy_histograms, accuracy_scatter, layer_r2_bars, message, training_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -13,6 +13,21 @@ def check_png(path):
     img = matplotlib.image.imread(path)
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp files left
+
+
+def tab10(i: int, alpha: float = 1.0) -> np.ndarray:
+    """Colour i of tab10 as drawn on white with `alpha`."""
+    from matplotlib import colormaps
+
+    return alpha * np.array(colormaps["tab10"](i)[:3]) + (1 - alpha)
+
+
+def pixels(path, rgb: np.ndarray, region: tuple[slice, slice] | None = None) -> int:
+    """Pixels of colour `rgb` (within 0.06 per channel) in the PNG, optionally in a (rows, cols) region."""
+    img = matplotlib.image.imread(path)[..., :3]
+    if region is not None:
+        img = img[region]
+    return int((np.abs(img - rgb).max(-1) < 0.06).sum())
 
 
 def rng():
@@ -28,8 +43,17 @@ def test_accuracy_scatter(tmp_path):
     path = tmp_path / "out" / "scatter.png"  # parent folder is created
     accuracy_scatter(df, path, hue="method")
     check_png(path)
-    accuracy_scatter(df, path)  # overwrites in place, no hue
+    # groups sorted by name, tab10 colours in order: "mean" blue, "vae" orange; both drawn
+    assert pixels(path, tab10(0, 0.6)) > 100 and pixels(path, tab10(1, 0.6)) > 100
+    accuracy_scatter(df, path)  # overwrites in place, no hue: one colour
     check_png(path)
+    assert pixels(path, tab10(0, 0.6)) > 100 and pixels(path, tab10(1, 0.6)) == 0
+    # the points land where the data says: all at (0.05, 0.05) puts blue only in the lower-left of the figure
+    corner = pd.DataFrame({"original_acc": [0.05], "reconstructed_acc": [0.05]})
+    accuracy_scatter(corner, path)
+    h, w = matplotlib.image.imread(path).shape[:2]
+    assert pixels(path, tab10(0, 0.6), (slice(h // 2, h), slice(0, w // 2))) > 3
+    assert pixels(path, tab10(0, 0.6), (slice(0, h // 2), slice(0, w))) == 0
 
 
 def test_layer_r2_bars_clips_very_negative(tmp_path):
@@ -39,6 +63,9 @@ def test_layer_r2_bars_clips_very_negative(tmp_path):
     path = tmp_path / "r2.png"
     layer_r2_bars(per_layer, path)
     check_png(path)
+    assert all(pixels(path, tab10(i)) > 50 for i in range(3))  # a bar colour per method
+    layer_r2_bars({"vae": per_layer["vae"]}, path)
+    assert pixels(path, tab10(0)) > 50 and pixels(path, tab10(1)) == pixels(path, tab10(2)) == 0
 
 
 def test_accuracy_histograms(tmp_path):
@@ -48,6 +75,8 @@ def test_accuracy_histograms(tmp_path):
     path = tmp_path / "hist.png"
     accuracy_histograms(groups, path)
     check_png(path)
+    assert all(pixels(path, tab10(i)) > 50 for i in range(3))
+    assert pixels(path, tab10(3)) == 0  # the empty group draws nothing
 
 
 def test_training_curves_and_determinism(tmp_path):
@@ -61,3 +90,11 @@ def test_training_curves_and_determinism(tmp_path):
     assert a.read_bytes() == b.read_bytes()
     with pytest.raises(ValueError, match="step"):
         training_curves(pd.DataFrame({"loss": [1.0]}), tmp_path / "c.png")
+
+
+def test_message_stands_in_for_an_empty_plot(tmp_path):
+    path = tmp_path / "scatter.png"
+    message(path, "Test accuracy", "no functional metrics: digits/mynet: unknown architecture 'mynet'")
+    check_png(path)
+    dark = (matplotlib.image.imread(path)[..., :3].max(-1) < 0.3).sum()
+    assert dark > 200  # the title and the reason are written on it

@@ -15,7 +15,7 @@ from weightvae import evaluate as E
 from weightvae.archs import ARCHITECTURES, build_model
 from weightvae.ingest import IngestParams, ingest
 from weightvae.params import ParamsError, build
-from weightvae.reconstruct import file_name
+from weightvae.records import file_name
 from weightvae.registry import register
 from weightvae.tasks import TASKS, get_task
 

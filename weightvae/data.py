@@ -9,6 +9,7 @@ Per-layer standardisation uses the train split's statistics of the model's own l
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from weightvae import FORMAT_VERSION
+from weightvae import FORMAT_VERSION, standardize
 from weightvae.layout import Layout
 
 SPLITS = ("train", "val", "test")
@@ -32,9 +33,10 @@ class ZooDataset(Dataset):
 
     dataset: "joint" for every task, else only the rows of that task.
     normalize: standardise each learned tensor with its layout's train mean/std; padding stays 0.
-    topk: keep the k runs per task with the best final (highest-epoch) `test_acc`, with all their
-        checkpoints. Only for split="train": filtering held-out splits by quality would bias evaluation,
-        so other splits raise ValueError. Runs with unknown test_acc rank last.
+    topk: keep the k runs per task with the best final (highest-epoch) `train_acc`, with all their
+        checkpoints. Ranked by training accuracy, never `test_acc`: the test set is what evaluate scores
+        on. Only for split="train": filtering held-out splits by quality would bias evaluation, so other
+        splits raise ValueError. Runs with unknown train_acc rank last.
     max_len: pad vectors to this length (>= the shards' max_len; None keeps the shards' own).
     """
 
@@ -82,12 +84,9 @@ class ZooDataset(Dataset):
         """mask, layer, mean, std `[max_len]` of a layout, computed once (padding: 0, -1, 0, 1)."""
         mask = torch.zeros(self.max_len)
         layer = torch.full((self.max_len,), -1, dtype=torch.long)
-        mean = torch.zeros(self.max_len)
-        std = torch.ones(self.max_len)
-        for j, e in enumerate(layout.learned):
-            s = slice(e.offset, e.offset + e.numel)
+        for j, (_, s) in enumerate(layout.slices()):
             mask[s], layer[s] = 1.0, j
-            mean[s], std[s] = stats["tensors"][e.name]["mean"], stats["tensors"][e.name]["std"]
+        mean, std = standardize.from_stats(stats["tensors"], layout.slices(), self.max_len)
         return {"mask": mask, "layer": layer, "mean": mean, "std": std}
 
     @property
@@ -141,10 +140,11 @@ class ZooDataset(Dataset):
 
 
 def _top_runs(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
-    final: dict[tuple[str, str], tuple[int, float]] = {}  # (task, run) -> (epoch, test_acc) of its last checkpoint
+    final: dict[tuple[str, str], tuple[int, float]] = {}  # (task, run) -> (epoch, train_acc) of its last checkpoint
     for r in rows:
         key, epoch = (r["task"], r["run_id"]), -1 if r["epoch"] is None else r["epoch"]
-        acc = float("-inf") if r["test_acc"] is None or r["test_acc"] != r["test_acc"] else r["test_acc"]
+        acc = r["train_acc"]
+        acc = float("-inf") if acc is None or math.isnan(acc) else acc
         if key not in final or epoch > final[key][0]:
             final[key] = (epoch, acc)
     keep = set()

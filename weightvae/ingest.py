@@ -42,7 +42,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -57,13 +57,11 @@ from weightvae.layout import Layout
 from weightvae.params import load_section, require
 
 SUFFIXES = (".pt", ".pth", ".safetensors")
+RUN_ID_RULES = ("auto", "parent", "stem")
 #: A Model Zoos checkpoint, `<model folder>/checkpoint_<epoch>/checkpoints` (`checkpoint_000005` or `checkpoint_5`).
 MODELZOO_CHECKPOINT = re.compile(r"(?:.*/)?[^/]+/checkpoint_(?P<epoch>\d+)/checkpoints")
 MODELZOO_METRICS = ("train_acc", "test_acc", "test_loss")
 SPLITS = ("train", "val", "test")
-#: Floor for per-tensor std in stats.json: a tensor constant over the train split (a frozen
-#: layer, or a single training model) would otherwise divide by zero when standardised.
-STD_EPS = 1e-8
 _BLOCK = 256  # rows per write block; fixed so stats sum in the same order whatever the params
 
 
@@ -84,8 +82,15 @@ class IngestParams:
     workers: int = 2
     chunk_size: int = 512
     canonicalize: bool = False  # sort hidden units of known architectures (function-preserving), see canonical.py
+    run_id_from: str = "auto"  # bare state_dicts: auto | parent | stem | a regex (see run_id_of)
 
     def __post_init__(self) -> None:
+        if self.run_id_from not in RUN_ID_RULES:
+            try:
+                re.compile(self.run_id_from)
+            except re.error as e:
+                require(False, "ingest.run_id_from", self.run_id_from,
+                        f"choose one of {list(RUN_ID_RULES)} or a valid regular expression ({e})")
         require(self.max_len is None or self.max_len >= 1, "ingest.max_len", self.max_len, "need null or >= 1")
         require(all(f >= 0 for f in self.split) and abs(sum(self.split) - 1) < 1e-6, "ingest.split",
                 list(self.split), "need three fractions (train, val, test) >= 0 that sum to 1")
@@ -211,9 +216,32 @@ def _properties(mp: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_id_of(rel: str, rule: str) -> str:
+    """The run a bare state_dict at `rel` (relative to the zoo folder) belongs to, by `ingest.run_id_from`:
+    `auto` the parent folder when the file sits in a sub-folder, else the file stem; `parent` the parent
+    folder; `stem` the file stem; anything else a regular expression searched in `rel` (its first group,
+    or the whole match). Raises `_Bad` if the rule does not apply to this file."""
+    path = PurePosixPath(rel)
+    parent = str(path.parent)
+    if rule == "stem" or (rule == "auto" and parent == "."):
+        return path.stem
+    if rule in ("auto", "parent"):
+        if parent == ".":
+            raise _Bad("sits at the top of the zoo folder, so it has no parent folder to name its run "
+                       "(ingest.run_id_from: parent); put each run's checkpoints in a folder of its own")
+        return parent
+    m = re.search(rule, rel)
+    if m is None:
+        raise _Bad(f"does not match ingest.run_id_from '{rule}', so its run is unknown")
+    run = m.group(1) if m.re.groups else m.group(0)
+    if not run:
+        raise _Bad(f"gives an empty run id with ingest.run_id_from '{rule}'")
+    return run
+
+
 def _plain_properties(rel: str) -> dict[str, Any]:
-    """A bare state_dict: its stem names the run; everything else is unknown."""
-    return {"run_id": Path(rel).stem, "task": "unknown", "architecture": "unknown", "arch_kwargs": "{}",
+    """A bare state_dict: the run comes from its path (`run_id_of`, applied by ingest); the rest is unknown."""
+    return {"run_id": None, "task": "unknown", "architecture": "unknown", "arch_kwargs": "{}",
             "epoch": None, "seed": None, "hyperparameters": "{}", "train_acc": None, "test_acc": None,
             "test_loss": None}
 
@@ -513,6 +541,11 @@ def ingest(p: IngestParams, out: str | Path, log=print) -> dict[str, Any]:
         with open(scratch, "wb") as f:
             offset = 0
             for res in _results(root, items, p):
+                if isinstance(res, Loaded) and res.props["run_id"] is None:  # a bare state_dict
+                    try:
+                        res.props["run_id"] = run_id_of(res.path, p.run_id_from)
+                    except _Bad as e:
+                        res = Rejected(res.path, str(e))
                 if isinstance(res, Loaded):
                     mid = _model_id(res.props, res.path)
                     if p.max_len is not None and res.layout.length > p.max_len:
@@ -555,7 +588,7 @@ def ingest(p: IngestParams, out: str | Path, log=print) -> dict[str, Any]:
             "format_version": FORMAT_VERSION, "max_len": max_len, "params": params,
             "counts": {"models": len(rows), "runs": runs, "layouts": len(layouts), **counts},
             "order": "rows by split (train, val, test) then id; vector entries in state_dict key order",
-            "std_epsilon": STD_EPS,
+            "stats": "per-tensor train mean and raw std; readers floor the std (weightvae.standardize)",
         })
     seconds = time.perf_counter() - t0
     tasks: dict[str, dict[str, int]] = {}
@@ -618,7 +651,8 @@ def _write_shards(tmp: Path, scratch: Path, rows: list[_Row], layouts: dict[str,
             else:
                 n = a["count"] * e.numel
                 m1, m2 = a["s1"][j] / n, a["s2"][j] / n
-                mean, std = float(a["shift"][j] + m1), max(math.sqrt(max(m2 - m1 * m1, 0.0)), STD_EPS)
+                # the raw std: readers floor it with weightvae.standardize.layer_scale
+                mean, std = float(a["shift"][j] + m1), math.sqrt(max(m2 - m1 * m1, 0.0))
             tensors[e.name] = {"mean": mean, "std": std}
         stats[lid] = {"train_count": 0 if a is None else a["count"], "tensors": tensors}
     return stats, row_index

@@ -89,6 +89,10 @@ class Layout:
             offset += t.numel() if learned else 0
         return cls(entries)
 
+    def slices(self) -> list[tuple[str, slice]]:
+        """(name, slice into the flat vector) of each learned tensor, in layout order."""
+        return [(e.name, slice(e.offset, e.offset + e.numel)) for e in self.learned]
+
     def check(self, sd: Mapping[str, Tensor]) -> None:
         """Raise ValueError unless `sd` has exactly this layout."""
         other = Layout.from_state_dict(sd)

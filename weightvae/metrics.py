@@ -10,6 +10,7 @@ agreement, fidelity gain over the nearest training model, and a memorisation che
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -107,8 +108,10 @@ def r2(orig: Tensor, recon: Tensor, mean: Tensor, slices: Slices) -> dict[str, A
     """R^2 = 1 - sum (recon - orig)^2 / sum (orig - mean)^2, pooled over models and entries.
 
     `mean` `[L]` is the TRAIN-split mean vector (Schürholt et al.): R^2 is 0 for handing back
-    the zoo mean and 1 for a perfect reconstruction. Returns `{"overall": float,
-    "per_layer": {name: float}}`; a layer whose originals all equal the mean gives NaN.
+    the zoo mean and 1 for a perfect reconstruction. Returns `{"overall": float, "layer_mean":
+    float, "per_layer": {name: float}}`. `overall` pools raw units, so the largest layer dominates
+    it and a bias's error all but vanishes; `layer_mean` averages the per-layer R^2 instead (every
+    layer counts once; NaN layers left out). A layer whose originals all equal the mean gives NaN.
     Sums run in float64 so large zoos do not lose precision.
     """
     orig, recon, mean = orig.double(), recon.double(), mean.double()
@@ -119,21 +122,29 @@ def r2(orig: Tensor, recon: Tensor, mean: Tensor, slices: Slices) -> dict[str, A
         v = v.sum().item()
         return 1 - e.sum().item() / v if v > 0 else float("nan")
 
-    return {"overall": score(err, var), "per_layer": {name: score(err[sl], var[sl]) for name, sl in slices}}
+    per_layer = {name: score(err[sl], var[sl]) for name, sl in slices}
+    known = [v for v in per_layer.values() if not math.isnan(v)]
+    return {"overall": score(err, var), "layer_mean": sum(known) / len(known) if known else float("nan"),
+            "per_layer": per_layer}
+
+
+def retention(acc: Tensor, acc_orig: Tensor) -> float:
+    """Headline retention: mean accuracy over mean original accuracy (a ratio of means).
+
+    A mean of per-model ratios would let near-chance originals (acc ~0.1) blow the ratio up:
+    a substitute at 0.7 for an original at 0.1 counts 7.0.
+    """
+    return float(acc.double().mean() / acc_orig.double().mean())
+
+
+def retention_median(acc: Tensor, acc_orig: Tensor, eps: float) -> float:
+    """Median over models of acc / original acc (original floored at `eps`, one input's worth)."""
+    return float((acc.double() / acc_orig.double().clamp_min(eps)).quantile(0.5))
 
 
 def mse(orig: Tensor, recon: Tensor) -> Tensor:
     """Mean squared weight error per model: `[M, L]` x2 -> `[M]`."""
     return (recon.double() - orig.double()).pow(2).mean(1)
-
-
-def layer_std(train: Tensor, slices: Slices) -> Tensor:
-    """`[L]`: each entry gets the std of its whole layer over the training models (pooled over
-    models and the layer's entries), the scale of the field's layer-wise normalisation."""
-    out = torch.empty(train.shape[1], dtype=train.dtype)
-    for _, sl in slices:
-        out[sl] = train[:, sl].double().std().to(train.dtype)
-    return out
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -144,13 +155,33 @@ def mean_baseline(train: Tensor, m: int) -> Tensor:
     return train.mean(0, keepdim=True).expand(m, -1).clone()
 
 
-def noise_baseline(test: Tensor, layer_std: Tensor, amplitude: float, generator: torch.Generator) -> Tensor:
-    """The originals plus Gaussian noise of `amplitude` times each layer's training std: `[M, L]`.
+def noise_baseline(test: Tensor, scale: Tensor, amplitude: float, generator: torch.Generator) -> Tensor:
+    """The originals plus Gaussian noise of `amplitude` times each layer's training std
+    (`scale` `[L]`, `weightvae.standardize.from_weights`): `[M, L]`.
 
     What a reconstruction with that much per-layer error would look like, for a few amplitudes.
     """
     noise = torch.randn(test.shape, generator=generator, dtype=test.dtype)
-    return test + amplitude * layer_std.to(test.dtype) * noise
+    return test + amplitude * scale.to(test.dtype) * noise
+
+
+def pca_baseline(test: Tensor, train: Tensor, mean: Tensor, scale: Tensor, k: int) -> Tensor:
+    """Each test model projected onto the top-`k` principal components of the per-layer
+    standardised training models and back: the linear code of `k` values per model. `[M, L]`.
+
+    `mean`, `scale` `[L]`: the per-layer standardisation (`weightvae.standardize.from_weights`).
+    Components come from an SVD in float64 of the centred training matrix; with `k` at or above
+    its rank the projection keeps every direction the training models span.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    mean, scale = mean.double(), scale.double()
+    z = (train.double() - mean) / scale
+    centre = z.mean(0)
+    _, _, vh = torch.linalg.svd(z - centre, full_matrices=False)
+    basis = vh[:k]  # [k, L]
+    codes = ((test.double() - mean) / scale - centre) @ basis.T  # [M, k]
+    return ((codes @ basis + centre) * scale + mean).to(test.dtype)
 
 
 def random_train_indices(test_meta: pd.DataFrame, train_meta: pd.DataFrame, generator: torch.Generator) -> Tensor:
@@ -204,66 +235,72 @@ def nearest_train_baseline(test: Tensor, train: Tensor, scale: Tensor) -> tuple[
     """The training model nearest to each test model in per-layer standardised weights.
 
     Distance is L2 over `(w - mean) / scale` (the mean cancels in a difference, so only
-    `scale` `[L]`, e.g. `layer_std(train, slices)`, is needed). Returns (vectors `[M, L]`,
+    `scale` `[L]`, e.g. from `weightvae.standardize.from_weights`, is needed). Returns (vectors `[M, L]`,
     training indices `[M]`, distances `[M]`): the substitute a reconstruction must beat.
     """
     idx, dist = _nearest(test, train, scale)
     return train[idx].clone(), idx, dist
 
 
-def novelty_ratio(samples: Tensor, train: Tensor, scale: Tensor, train_run_ids: Sequence[str]) -> dict[str, Any]:
-    """Memorisation check for sampled networks (Zeng et al. 2025).
-
-    Each sample's distance to its nearest training model (standardised space, as in
-    `nearest_train_baseline`) over the typical nearest-neighbour distance *between training
-    models*, where a training model's neighbour must come from another run (checkpoints of
-    one run sit close together along a trajectory). A freshly trained model sits near 1.0;
-    copies of training models near 0, and samples shrunk toward the mean well below 1.
-
-    Returns `ratio_median` = median(sample nn) / median(train nn), `ratio_mean` = mean of the
-    per-sample ratios, both medians (midpoint of the two middle values for even counts), and
-    `ratios` `[S]` (sample nn / median train nn).
-    """
+def _run_codes(train_run_ids: Sequence[str], n: int) -> Tensor:
     codes = torch.as_tensor(pd.factorize(pd.Series(list(train_run_ids)))[0])
-    if len(codes) != len(train):
-        raise ValueError(f"{len(codes)} run ids for {len(train)} training models")
+    if len(codes) != n:
+        raise ValueError(f"{len(codes)} run ids for {n} training models")
     if codes.unique().numel() < 2:
         raise ValueError("need training models from at least 2 runs")
+    return codes
+
+
+def train_nn_distances(train: Tensor, scale: Tensor, train_run_ids: Sequence[str]) -> Tensor:
+    """`[T]`: each training model's distance (standardised space, as in `nearest_train_baseline`)
+    to its nearest training model of *another* run (checkpoints of one run sit close together
+    along a trajectory): the yardstick of `novelty_ratio`."""
+    codes = _run_codes(train_run_ids, len(train))
+    return _nearest(train, train, scale, exclude=codes, exclude_b=codes)[1]
+
+
+def novelty_ratio(samples: Tensor, train: Tensor, scale: Tensor, reference: Tensor) -> dict[str, Any]:
+    """Memorisation check for sampled networks (Zeng et al. 2025).
+
+    Each sample's distance to its nearest training model over the median of `reference`, the
+    same distance for a reference population of training models (`train_nn_distances`, or a
+    subset of it: the pool the samples were drawn from). A freshly trained model sits near 1.0;
+    copies of training models near 0, and samples shrunk toward the mean well below 1.
+
+    Returns `ratio_median` = median(sample nn) / median(reference), `ratio_mean` = mean of the
+    per-sample ratios, both medians (midpoint of the two middle values for even counts), and
+    `ratios` `[S]` (sample nn / median reference).
+    """
     _, sample_nn = _nearest(samples, train, scale)
-    _, train_nn = _nearest(train, train, scale, exclude=codes, exclude_b=codes)
-    train_med, sample_med = train_nn.quantile(0.5).item(), sample_nn.quantile(0.5).item()
-    ratios = sample_nn / train_med
+    ref_med, sample_med = reference.quantile(0.5).item(), sample_nn.quantile(0.5).item()
+    ratios = sample_nn / ref_med
     return {
-        "ratio_median": sample_med / train_med,
+        "ratio_median": sample_med / ref_med,
         "ratio_mean": ratios.mean().item(),
         "sample_nn_median": sample_med,
-        "train_nn_median": train_med,
+        "train_nn_median": ref_med,
         "ratios": ratios,
     }
 
 
-def train_nn_disagreement(train_pred: Tensor, train_run_ids: Sequence[str]) -> float:
-    """Median, over training models, of the share of test inputs on which a model disagrees with
-    the training model of *another* run that agrees with it most: the scale of
-    `functional_novelty_ratio`. Predictions `[T, N]`; computed once per zoo, it is the costly part."""
-    codes = torch.as_tensor(pd.factorize(pd.Series(list(train_run_ids)))[0])
-    if len(codes) != len(train_pred):
-        raise ValueError(f"{len(codes)} run ids for {len(train_pred)} training models")
-    if codes.unique().numel() < 2:
-        raise ValueError("need training models from at least 2 runs")
-    return (1 - best_agreement(train_pred, train_pred, codes, codes)[0]).quantile(0.5).item()
+def train_nn_disagreements(train_pred: Tensor, train_run_ids: Sequence[str]) -> Tensor:
+    """`[T]`: the share of test inputs on which each training model disagrees with the training
+    model of *another* run that agrees with it most: the yardstick of `functional_novelty_ratio`.
+    Predictions `[T, N]`; computed once per zoo, it is the costly part."""
+    codes = _run_codes(train_run_ids, len(train_pred))
+    return 1 - best_agreement(train_pred, train_pred, codes, codes)[0]
 
 
-def functional_novelty_ratio(samples_pred: Tensor, train_pred: Tensor, train_nn_dis: float) -> dict[str, Any]:
+def functional_novelty_ratio(samples_pred: Tensor, train_pred: Tensor, reference: float) -> dict[str, Any]:
     """Memorisation check in function space, blind to weight-space symmetries.
 
     `novelty_ratio` measures distance in weights, where a permuted or rescaled copy of a training
     network looks new. Here a sample's novelty is its disagreement (on the task's test inputs)
-    with the training model it agrees with most, over `train_nn_dis` (`train_nn_disagreement`,
-    the same quantity between training models of different runs). Copies, permuted or not, score
-    0; a fresh network about 1. Only meaningful beside accuracy: a network at chance disagrees
-    with everything. Predictions: `[S, N]`, `[T, N]`.
+    with the training model it agrees with most, over `reference`, the median of
+    `train_nn_disagreements` over a reference population of training models. Copies, permuted or
+    not, score 0; a fresh network about 1. Only meaningful beside accuracy: a network at chance
+    disagrees with everything. Predictions: `[S, N]`, `[T, N]`.
     """
     sample_dis = (1 - best_agreement(samples_pred, train_pred)[0]).quantile(0.5).item()
-    return {"ratio_median": sample_dis / max(train_nn_dis, 1e-12), "sample_disagreement_median": sample_dis,
-            "train_disagreement_median": train_nn_dis}
+    return {"ratio_median": sample_dis / max(reference, 1e-12), "sample_disagreement_median": sample_dis,
+            "train_disagreement_median": reference}

@@ -25,7 +25,6 @@ from torch.utils.checkpoint import checkpoint
 
 from weightvae import FORMAT_VERSION
 
-
 # ----------------------------------------------------------------------------- config
 
 
@@ -277,7 +276,8 @@ class VAE(L.LightningModule):
         self.register_buffer("norm_std", torch.ones(n, self.cfg.max_len))
         if self.loss_cfg.loss == "l1_logvar":  # D2NWG: L1 scaled by a learned log-variance
             self.logvar = nn.Parameter(torch.zeros(()))
-        # layout_id -> {"arch", "kwargs", "task", "layout"}: what is needed to run a layout's networks
+        # "task/layout_id" -> {"arch", "kwargs", "task", "layout"}: what is needed to run the networks
+        # of one layout on one task (a layout can be trained on several tasks; each has its own probes)
         self.functional = {k: dict(v) for k, v in (functional or {}).items()}
         self._layouts = {}
         if self.functional:
@@ -315,33 +315,48 @@ class VAE(L.LightningModule):
         assert len(self.layout_ids) <= 1, "a plain tensor batch is ambiguous in a joint zoo: pass the batch dict"
         return [self.layout_ids[0] if self.layout_ids else ""] * n
 
-    def function_logits(self, x: Tensor, layout_ids: Sequence[str]) -> tuple[Tensor | None, Tensor]:
+    def _function_keys(self, batch: Mapping[str, Any] | Tensor, layout_ids: Sequence[str]) -> list[str]:
+        """`task/layout_id` of each row: which network runs on which probes."""
+        props = batch.get("model_properties") if isinstance(batch, Mapping) else None
+        if props and all("task" in p for p in props):
+            return [function_key(p["task"], lid) for p, lid in zip(props, layout_ids, strict=True)]
+        assert len(self.functional) <= 1, "a plain tensor batch is ambiguous in a joint zoo: pass the batch dict"
+        return [next(iter(self.functional), "")] * len(layout_ids)
+
+    def function_logits(self, x: Tensor, layout_ids: Sequence[str],
+                        keys: Sequence[str] | None = None) -> tuple[Tensor | None, Tensor]:
         """Logits `[B, P, K]` of each (normalised, flat) network on its task's probe inputs, and a
-        `[B]` mask of the rows whose architecture could be run (zeros elsewhere)."""
+        `[B]` mask of the rows whose architecture and task could be run (zeros elsewhere).
+        `keys`: each row's `task/layout_id` (default: the only one this model knows)."""
         from weightvae.behaviour import flat_logits, probe_inputs
 
-        valid = torch.tensor([lid in self.functional for lid in layout_ids], device=x.device)
+        keys = list(keys) if keys is not None else self._function_keys(x, layout_ids)
+        valid = torch.tensor([k in self.functional for k in keys], device=x.device, dtype=torch.bool)
         if not valid.any():
             return None, valid
         real = self.denormalize(x, layout_ids)
         out = None
-        for lid in sorted(set(layout_ids) & set(self.functional)):
-            rows = torch.tensor([i for i, v in enumerate(layout_ids) if v == lid], device=x.device)
-            f, layout = self.functional[lid], self._layouts[lid]
+        for key in sorted(set(keys) & set(self.functional)):
+            rows = torch.tensor([i for i, k in enumerate(keys) if k == key], device=x.device)
+            f, layout = self.functional[key], self._layouts[key]
             probes = probe_inputs(f["task"], self.loss_cfg.probe_count)
             logits = flat_logits(f["arch"], layout, real[rows, : layout.length], probes)
             if out is None:
                 out = x.new_zeros(len(x), *logits.shape[1:])
+            elif logits.shape[1:] != out.shape[1:]:
+                raise ValueError(f"{key}: {logits.shape[-1]} classes, other tasks in this batch have "
+                                 f"{out.shape[-1]}; the behavioural term needs one class count per VAE")
             out = out.index_copy(0, rows, logits)
         return out, valid
 
-    def _cond(self, x: Tensor, layout_ids: Sequence[str]) -> tuple[Tensor | None, Tensor | None, Tensor]:
+    def _cond(self, x: Tensor, layout_ids: Sequence[str],
+              keys: Sequence[str]) -> tuple[Tensor | None, Tensor | None, Tensor]:
         """(function signature for the encoder or None, reference logits or None, valid rows)."""
         need = self.loss_cfg.encoder_probes or self.loss_cfg.behaviour_weight > 0
         if not need:
             return None, None, torch.zeros(len(x), dtype=torch.bool, device=x.device)
         with torch.no_grad():
-            ref, valid = self.function_logits(x, layout_ids)
+            ref, valid = self.function_logits(x, layout_ids, keys)
         cond = None
         if self.loss_cfg.encoder_probes:
             cond = ref.softmax(-1).flatten(1) * valid[:, None] if ref is not None else \
@@ -351,7 +366,8 @@ class VAE(L.LightningModule):
     def encode(self, batch: Mapping[str, Any] | Tensor) -> DiagonalGaussian:
         """Batch dict or flat `[B, L]` -> posterior (the function signature is computed here if used)."""
         x = self._flat(batch)
-        cond, _, _ = self._cond(x, self._layout_ids(batch, len(x)))
+        lids = self._layout_ids(batch, len(x))
+        cond, _, _ = self._cond(x, lids, self._function_keys(batch, lids))
         return self.net.encode(x, cond)
 
     def decode(self, z: Tensor) -> Tensor:
@@ -360,7 +376,8 @@ class VAE(L.LightningModule):
     def forward(self, batch: Mapping[str, Any] | Tensor, sample_posterior: bool = True):
         """-> (inputs `[B, L]`, reconstructions `[B, L]`, posterior[, model_properties])."""
         x = self._flat(batch)
-        cond, _, _ = self._cond(x, self._layout_ids(batch, len(x)))
+        lids = self._layout_ids(batch, len(x))
+        cond, _, _ = self._cond(x, lids, self._function_keys(batch, lids))
         recon, posterior = self.net(x, sample_posterior, cond)
         if isinstance(batch, Mapping):
             return x, recon, posterior, batch.get("model_properties")
@@ -396,7 +413,8 @@ class VAE(L.LightningModule):
         x = self._flat(batch)
         mask, layer = self._masks(batch, x)
         layout_ids = self._layout_ids(batch, len(x))
-        cond, ref, valid = self._cond(x, layout_ids)
+        keys = self._function_keys(batch, layout_ids)
+        cond, ref, valid = self._cond(x, layout_ids, keys)
         inp = x
         if self.training and self.loss_cfg.input_noise > 0:
             inp = x + self.loss_cfg.input_noise * torch.randn_like(x) * mask
@@ -418,7 +436,7 @@ class VAE(L.LightningModule):
         if self.loss_cfg.behaviour_weight > 0 and ref is not None:
             from weightvae.behaviour import behaviour_kl
 
-            logits, _ = self.function_logits(recon, layout_ids)
+            logits, _ = self.function_logits(recon, layout_ids, keys)
             terms["behaviour"] = behaviour_kl(ref[valid], logits[valid])
             terms["loss"] = terms["loss"] + self.loss_cfg.behaviour_weight * terms["behaviour"]
         return terms
@@ -458,6 +476,11 @@ class VAE(L.LightningModule):
         model = cls(**blob["hyper_parameters"])
         model.load_state_dict(blob["state_dict"])
         return model.eval()
+
+
+def function_key(task: str, layout_id: str) -> str:
+    """Key of `VAE.functional`: networks of one layout, run on one task's probes."""
+    return f"{task}/{layout_id}"
 
 
 def vae_kwargs(cfg: VAEConfig) -> dict[str, Any]:

@@ -134,3 +134,15 @@ def training_curves(df: pd.DataFrame, path: str | os.PathLike, x: str | None = N
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     _save(fig, path)
+
+
+def message(path: str | os.PathLike, title: str, text: str) -> None:
+    """A figure holding only `title` and `text`: the stand-in for a plot with nothing to show,
+    so an output that `dvc.yaml` declares always exists and says why it is empty."""
+    import textwrap
+
+    fig, ax = _figure((6.5, 3.0))
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, textwrap.fill(text, 80), ha="center", va="center", fontsize="small", wrap=True)
+    _save(fig, path)

@@ -9,6 +9,8 @@ Outputs (one folder, replaced atomically):
     <out>/samples/sample-<task>-<arch>-<layout>-<i>.pt   `n_samples` draws per (task, architecture,
                             layout), zoo file schema plus `sampler` and,
                             for `kde`, `anchor_id` (the training model whose kernel it came from)
+    <out>/samples/pool.json  for `kde`: {"<task>/<arch>/<layout>": ids of the training models the
+                            kernels sit on}, the population evaluate compares samples with
     <out>/latents.parquet   one row per reconstructed model: id, split, task, run_id, latent
 """
 
@@ -24,8 +26,9 @@ import pandas as pd
 import torch
 
 from weightvae import FORMAT_VERSION
-from weightvae.io import atomic_path
+from weightvae.io import atomic_path, write_json
 from weightvae.params import load_section, require
+from weightvae.records import POOL_FILE, file_name, pool_key
 
 SAMPLERS = ("kde", "prior")
 
@@ -50,11 +53,6 @@ class ReconstructParams:
         require(self.kde_bandwidth >= 0, "reconstruct.kde_bandwidth", self.kde_bandwidth, "need >= 0")
         require(0 < self.kde_top <= 1, "reconstruct.kde_top", self.kde_top, "need a fraction in (0, 1]")
         require(self.batch_size >= 1, "reconstruct.batch_size", self.batch_size, "need >= 1")
-
-
-def file_name(model_id: str) -> str:
-    """A model id as a file name (ids may hold '/')."""
-    return model_id.replace("/", "__") + ".pt"
 
 
 def _record(state_dict: dict[str, torch.Tensor], props: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -126,9 +124,11 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path) -
                 encoded.setdefault(_group(pr), []).append((zi, pr))
     gen = torch.Generator().manual_seed(p.seed)
     n = 0
+    pools: dict[str, list[str]] = {}
     for (task, arch, layout_id), props in _one_row_per_group(train).items():
         if p.sampler == "kde":
-            z, anchors = _kde_latents(p, encoded[task, arch, layout_id], gen)
+            z, anchors, pool = _kde_latents(p, encoded[task, arch, layout_id], gen)
+            pools[pool_key(task, arch, layout_id)] = pool
             vecs = model.decode(z.to(model.device))
         else:
             vecs, anchors = model.sample(p.n_samples, generator=gen), [None] * p.n_samples
@@ -139,12 +139,15 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path) -
             rec = _record(sd, {**props, "run_id": sid, "epoch": None}, source_id=None, split="samples", **extra)
             torch.save(rec, out / file_name(sid))
             n += 1
+    if pools:
+        write_json(out / POOL_FILE, pools)
     return n
 
 
 def _kde_latents(p: ReconstructParams, encoded: list[tuple[torch.Tensor, dict[str, Any]]],
-                 gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-    """`n_samples` latents from a KDE over one group's training latents, and their kernels' model ids."""
+                 gen: torch.Generator) -> tuple[torch.Tensor, list[str], list[str]]:
+    """`n_samples` latents from a KDE over one group's training latents, their kernels' model ids,
+    and the ids of every model a kernel sits on (the pool)."""
     from weightvae.prior import LatentKDE, top_fraction
 
     rows = [pr for _, pr in encoded]
@@ -158,7 +161,7 @@ def _kde_latents(p: ReconstructParams, encoded: list[tuple[torch.Tensor, dict[st
               "its samples are reconstructions of that model")
     kde = LatentKDE(torch.stack([z for z, _ in encoded]), top_fraction(acc, p.kde_top), p.kde_bandwidth)
     z, idx = kde.sample(p.n_samples, generator=gen)
-    return z, [rows[i]["id"] for i in idx]
+    return z, [rows[i]["id"] for i in idx], sorted(rows[i]["id"] for i in kde.pool)
 
 
 def _group(props: dict[str, Any]) -> tuple[str, str, str]:

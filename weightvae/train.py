@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,9 @@ import torch
 
 from weightvae.io import atomic_path
 from weightvae.params import load_section, require
+
+#: Lightning's precision names (`Trainer(precision=...)`).
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
 
 @dataclass(frozen=True)
@@ -70,25 +74,56 @@ class TrainParams:
             require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "need >= 0")
         require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "need > 0")
         require(self.topk is None or self.topk >= 1, "train.topk", self.topk, "need null or >= 1")
+        require(self.precision in PRECISIONS, "train.precision", self.precision, f"choose one of {list(PRECISIONS)}")
+        require(isinstance(self.limit_train_batches, int) and self.limit_train_batches >= 1
+                or isinstance(self.limit_train_batches, float) and 0 < self.limit_train_batches <= 1,
+                "train.limit_train_batches", self.limit_train_batches,
+                "need a fraction in (0, 1] (e.g. 1.0: every batch) or a batch count >= 1")
+        require(self.devices == "auto" or isinstance(self.devices, int) and (self.devices >= 1 or self.devices == -1),
+                "train.devices", self.devices, "need a count >= 1, -1 (every device) or 'auto'")
+        from lightning.pytorch.accelerators import AcceleratorRegistry
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        accelerators = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+        require(self.accelerator in accelerators, "train.accelerator", self.accelerator,
+                f"choose one of {accelerators}")
+        strategies = ["auto", *StrategyRegistry.available_strategies()]
+        require(self.strategy in strategies, "train.strategy", self.strategy,
+                "choose 'auto', 'ddp', 'ddp_spawn' or another of Lightning's registered strategies")
 
 
-def functional_info(shards: str | Path, layouts: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """layout_id -> {"arch", "kwargs", "task", "layout"} for layouts whose networks weightvae can run
-    (a built-in or registered architecture with a batched forward, and a known task)."""
+def functional_info(shards: str | Path, layouts: dict[str, Any],
+                    log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """`task/layout_id` -> {"arch", "kwargs", "task", "layout"} for every (task, layout) whose
+    networks weightvae can run (a built-in or registered architecture with a batched forward, and
+    a known task). The behavioural term and the function-aware encoder need this; each group left
+    out gets one line through `log` saying why, so the term is never silently off."""
     import pandas as pd
 
     from weightvae.archs import ARCHITECTURES
+    from weightvae.model import function_key
     from weightvae.tasks import TASKS
 
     columns = ["layout_id", "architecture", "arch_kwargs", "task"]
     table = pd.read_parquet(Path(shards) / "models.parquet", columns=columns)
     out = {}
-    for lid, rows in table.groupby("layout_id", sort=True):
-        arch, task = rows.architecture.iloc[0], rows.task.iloc[0]
-        one = rows.architecture.nunique() == 1 and rows.task.nunique() == 1
-        if one and arch in ARCHITECTURES and ARCHITECTURES[arch].batched_forward is not None and task in TASKS:
-            out[lid] = {"arch": arch, "kwargs": json.loads(rows.arch_kwargs.iloc[0] or "{}"), "task": task,
-                        "layout": layouts[lid]}
+    for (task, lid), rows in table.groupby(["task", "layout_id"], sort=True):
+        arch = rows.architecture.iloc[0]
+        why = None
+        if rows.architecture.nunique() > 1:
+            why = f"architectures {sorted(rows.architecture.unique())} share its layout"
+        elif arch not in ARCHITECTURES:
+            why = f"architecture {arch!r} is not built in"
+        elif ARCHITECTURES[arch].batched_forward is None:
+            why = f"architecture {arch!r} has no batched forward"
+        elif task not in TASKS:
+            why = f"task {task!r} is not built in"
+        if why:
+            log(f"train: behavioural term and function-aware encoder off for {task}/{arch} (layout {lid}): {why}; "
+                "its networks train on the weight loss alone")
+            continue
+        out[function_key(task, lid)] = {"arch": arch, "kwargs": json.loads(rows.arch_kwargs.iloc[0] or "{}"),
+                                        "task": task, "layout": layouts[lid]}
     return out
 
 
@@ -117,12 +152,16 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
 def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | Path, live_dir: str | Path,
           callbacks: list | None = None) -> dict[str, float]:
     """Fit the VAE on the shards' train split, validate on val; returns the final logged metrics."""
+    import pandas as pd
     from dvclive.lightning import DVCLiveLogger
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from weightvae.data import ZooDataModule
 
     L.seed_everything(p.seed, workers=True)
+    tasks = sorted(set(pd.read_parquet(Path(shards) / "models.parquet", columns=["task"]).task))
+    require(p.dataset == "joint" or p.dataset in tasks, "train.dataset", p.dataset,
+            f"choose 'joint' (every task) or one of the shards' tasks {tasks}")
     dm = ZooDataModule(str(shards), batch_size=p.batch_size, num_workers=p.num_workers, dataset=p.dataset,
                        normalize=p.normalize, topk=p.topk, seed=p.seed)
     dm.setup("fit")

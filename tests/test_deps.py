@@ -1,0 +1,61 @@
+"""Every `weightvae` module a stage imports, at top level or inside a function, is in that stage's
+`deps` in dvc.yaml; otherwise editing it would not rerun the stage and DVC would serve stale outputs."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules named by every import statement of a file (inside functions too), absolute names."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}  # `from pkg import module`
+    return {m for m in out if m.split(".")[0] == "weightvae"}
+
+
+def _files(module: str) -> list[Path]:
+    base = ROOT.joinpath(*module.split("."))
+    return [p for p in (base.with_suffix(".py"), base / "__init__.py") if p.exists()]
+
+
+def imported_files(script: Path) -> set[str]:
+    """The repo files a script loads, transitively: its `weightvae` modules and their packages' `__init__`."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        for m in _imports(f):
+            parts = m.split(".")
+            for i in range(1, len(parts) + 1):
+                todo += _files(".".join(parts[:i]))
+    return {p.relative_to(ROOT).as_posix() for p in seen}
+
+
+def _script(stage: dict) -> Path:
+    return ROOT / next(w for w in stage["cmd"].split() if w.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_imported_module_is_a_dep(name):
+    stage = STAGES[name]
+    deps = {str(d).rstrip("/") for d in stage["deps"]}
+    missing = sorted(f for f in imported_files(_script(stage)) if f not in deps)
+    assert not missing, f"stage {name!r} imports {missing}, which dvc.yaml does not list in its deps"
+
+
+def test_the_import_walk_sees_imports_inside_functions():
+    """`train` imports `weightvae.data` only inside `train()`: the walk must still find it."""
+    found = imported_files(ROOT / "stages" / "train.py")
+    assert {"weightvae/train.py", "weightvae/data.py", "weightvae/model.py", "weightvae/__init__.py"} <= found
