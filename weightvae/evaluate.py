@@ -33,6 +33,7 @@ from weightvae.canonical import GROUPS, random_permutation
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
 from weightvae.params import load_section, require
+from weightvae.progress import Progress
 from weightvae.reconstruct import file_name
 from weightvae.registry import ENABLE_HINT, check_spec, register
 from weightvae.tasks import TASKS, get_task
@@ -83,6 +84,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
     plots: dict[str, Any] = {"per_layer_r2": {}, "acc": {}}
     skipped: list[str] = []
     test_all = table[table.split == p.split]
+    bar = Progress("evaluate", unit="networks")  # each test model once per method
     for (task, arch, layout_id), test in test_all.groupby(["task", "architecture", "layout_id"], sort=True):
         layout = layouts[layout_id]
         n = layout.length
@@ -120,6 +122,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
             train_bufs = [json.loads(b) if isinstance(b, str) else {} for b in train.buffers]
             pred_train = _predictions(arch, kwargs, layout, train_bufs, train_w, data.x_test)
             cands[ORACLE] = train_w[M.most_agreeing(pred_orig, pred_train)]
+        bar.add_total(len(orig) * len(cands))
         for name, w in cands.items():
             r2 = M.r2(orig, w, mean, slices)
             mse = M.mse(orig, w)
@@ -139,6 +142,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
                 rows.append({"group": key, "id": row.id, "run_id": row.run_id, "epoch": row.epoch, "method": name,
                              "original_acc": float(acc_orig[j]) if functional else None,
                              **{k: float(v[j]) for k, v in per_model.items()}})
+            bar.update(len(w))
         if functional:
             ar, an = per_model_agree(rows, key, VAE), per_model_agree(rows, key, NEAREST)
             g["fidelity_gain"] = M.fidelity_gain(ar, an, eps)
@@ -155,6 +159,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
         if g["samples"].get("acc") is not None:
             plots["acc"].setdefault("samples", []).extend(g["samples"].pop("acc"))
         headline["groups"][key] = g
+    bar.close()
     headline.update(_overall(headline["groups"]))
     if skipped:
         headline["skipped"] = skipped
