@@ -22,6 +22,7 @@ COMMANDS = {
     "reconstruct": ("weightvae.reconstruct", "reconstruct val/test models and sample new ones (`reconstruct:`)"),
     "evaluate": ("weightvae.evaluate", "evaluate reconstructions and samples as networks (`evaluate:`)"),
     "export": ("weightvae.export", "write one original, reconstructed or sampled network as .safetensors or .pt"),
+    "import-legacy": ("weightvae.legacy", "convert zoo files of the seed's code (pickled modules) to the zoo schema"),
 }
 
 
