@@ -198,7 +198,7 @@ def test_reconstructions_ingest_back_to_their_vectors(run, tmp_path):
         assert np.array_equal(train[r.row, :r.length], flat.numpy())
 
 
-def test_export_errors_are_one_line_and_write_nothing(run, tmp_path):
+def test_export_errors_are_one_line_and_write_nothing(run, tmp_path, capsys):
     base = [sys.executable, "-m", "weightvae.cli", "export"]
     where = ["--shards", str(run["shards"]), "--recon", str(run["recon"])]
     table = pd.read_parquet(run["shards"] / "models.parquet")
@@ -209,10 +209,15 @@ def test_export_errors_are_one_line_and_write_nothing(run, tmp_path):
               r"of that id in .*recon \(4 models there, e\.g\. 'sample-digits-cnn-")),
              (["x", "--out", str(tmp_path / "c.pt"), "--shards", str(tmp_path / "none"), "--recon", str(tmp_path)],
               r"^weightvae export: .*none: no models\.parquet; run ingest")]
-    for args, pattern in cases:
-        proc = subprocess.run(base + args, check=False, capture_output=True, text=True, cwd=ROOT)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 1 and len(lines) == 1 and re.match(pattern, lines[0]), proc.stderr
+    args, pattern = cases[0]  # the command as a user runs it: exit code 1, one line on stderr
+    proc = subprocess.run(base + args, check=False, capture_output=True, text=True, cwd=ROOT)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and re.match(pattern, lines[0]), proc.stderr
+    for args, pattern in cases[1:]:  # the same `main`, in-process (each interpreter start costs seconds)
+        with pytest.raises(SystemExit) as exit_:
+            cli(["export", *args])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 1 and len(lines) == 1 and re.match(pattern, lines[0]), lines
     assert list(tmp_path.iterdir()) == []
 
 
