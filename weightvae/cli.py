@@ -1,7 +1,8 @@
-"""The `weightvae` command: each subcommand runs one pipeline stage without DVC.
+"""The `weightvae` command: a subcommand per pipeline stage (run without DVC), plus tools.
 
 `dvc.yaml` calls the thin scripts in `stages/`, which use the same `add_arguments` and
-`run` of each stage's module, so a stage run by DVC and by hand are the same code.
+`run` of each stage's module, so a stage run by DVC and by hand are the same code. `export` and
+`import-legacy` are not stages: they move networks out of and into the pipeline's formats.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ COMMANDS = {
     "train": ("weightvae.train", "train the weight VAE with Lightning (`train:`)"),
     "reconstruct": ("weightvae.reconstruct", "reconstruct val/test models and sample new ones (`reconstruct:`)"),
     "evaluate": ("weightvae.evaluate", "evaluate reconstructions and samples as networks (`evaluate:`)"),
+    "export": ("weightvae.export", "write one original, reconstructed or sampled network as .safetensors or .pt"),
+    "import-legacy": ("weightvae.legacy", "convert zoo files of the seed's code (pickled modules) to the zoo schema"),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="weightvae",
-        description="Generative models of neural-network weights. Each subcommand is one stage of dvc.yaml.",
+        description="Generative models of neural-network weights. The first five subcommands are the stages "
+                    "of dvc.yaml; export and import-legacy move networks out of and into its formats.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from weightvae import FORMAT_VERSION, standardize
-from weightvae.layout import Layout
+from weightvae.layout import Layout, layer_info
 
 SPLITS = ("train", "val", "test")
 
@@ -71,8 +71,10 @@ class ZooDataset(Dataset):
         stats = json.loads((self.root / "stats.json").read_text())
         self.layouts = {lid: Layout.from_dict(d) for lid, d in layout_dicts.items()}
         self._vectors = {lid: self._layout_vectors(self.layouts[lid], stats[lid]) for lid in self.layouts}
+        infos = {lid: layer_info(lay) for lid, lay in self.layouts.items()}
         for r in rows:
             r["layout"] = layout_dicts[r["layout_id"]]
+            r["layer_info"] = infos[r["layout_id"]]  # the seed's (name, shape) list, for `reconstruct_weights`
             r["arch_kwargs"] = json.loads(r["arch_kwargs"])
             r["hyperparameters"] = json.loads(r["hyperparameters"])
             r["buffers"] = json.loads(r["buffers"])
@@ -103,8 +105,9 @@ class ZooDataset(Dataset):
         return len(self.rows)
 
     def properties(self, i: int) -> dict[str, Any]:
-        """The parquet row of sample i, plus `layout` (its layout dict); `arch_kwargs`, `hyperparameters`
-        and `buffers` come parsed from their JSON, ready for `Layout.from_dict(...).unflatten(vec, buffers)`."""
+        """The parquet row of sample i, plus `layout` (its layout dict) and `layer_info` (the seed's list of
+        (name, shape) for `weightvae.layout.reconstruct_weights`); `arch_kwargs`, `hyperparameters` and
+        `buffers` come parsed from their JSON, ready for `Layout.from_dict(...).unflatten(vec, buffers)`."""
         return dict(self.rows[i])
 
     def __getitem__(self, i: int) -> dict[str, Any]:

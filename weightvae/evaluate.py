@@ -36,6 +36,7 @@ from weightvae.canonical import GROUPS, random_permutation
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
 from weightvae.params import load_section, require
+from weightvae.progress import Progress
 from weightvae.records import POOL_FILE, file_name, pool_key
 from weightvae.registry import ENABLE_HINT, check_spec, register
 from weightvae.tasks import TASKS, get_task
@@ -131,6 +132,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
     skipped: list[str] = []
     test_all = table[table.split == p.split]
     several = test_all.architecture.nunique() > 1
+    bar = Progress("evaluate", unit="networks")  # each test model once per method
     for (task, arch, layout_id), test in test_all.groupby(["task", "architecture", "layout_id"], sort=True):
         layout = layouts[layout_id]
         train = table[(table.split == "train") & (table.task == task) & (table.architecture == arch)
@@ -146,7 +148,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
         recon = torch.stack([_load_flat(layout, recon_dir / p.split / file_name(i)) for i in test.id])
         sizes = {latent_sizes.get(i) for i in test.id}
         k = sizes.pop() if len(sizes) == 1 else None  # None: no latents written for this group
-        out, group_rows, layer_r2, acc = _evaluate_group(p, g, recon, k, gen)
+        out, group_rows, layer_r2, acc = _evaluate_group(p, g, recon, k, gen, bar)
         rows += group_rows
         for name, per_layer in layer_r2.items():
             plots["per_layer_r2"].setdefault(name, {}).update(
@@ -162,6 +164,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
         if out["samples"].get("acc") is not None:
             plots["acc"].setdefault("samples", []).extend(out["samples"].pop("acc"))
         headline["groups"][key] = out
+    bar.close()
     df = pd.DataFrame(rows)
     headline.update(_overall(headline["groups"], df))
     if skipped:
@@ -179,7 +182,8 @@ def _latent_sizes(recon_dir: Path) -> dict[str, int]:
 
 
 def _evaluate_group(p: EvaluateParams, g: _Group, recon: torch.Tensor, latent_size: int | None,
-                    gen: torch.Generator) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+                    gen: torch.Generator, bar: Progress) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any],
+                                                                 dict[str, Any]]:
     """Every method of one group against the originals: (group metrics, per-model rows,
     per-layer R^2 per method, accuracies for the histograms)."""
     slices, scale = g.layout.slices(), g.scale
@@ -210,6 +214,7 @@ def _evaluate_group(p: EvaluateParams, g: _Group, recon: torch.Tensor, latent_si
                                  g.predictions(g.train_w, train_bufs, data.x_train))
         cands[ORACLE] = g.train_w[choice]
         g.pred_train = g.predictions(g.train_w, train_bufs, data.x_test)  # reused by the sample metrics
+    bar.add_total(len(g.orig) * len(cands))
     rows: list[dict[str, Any]] = []
     layer_r2: dict[str, Any] = {}
     accs: dict[str, list[float]] = {"originals": acc_orig.tolist()} if functional else {}
@@ -234,6 +239,7 @@ def _evaluate_group(p: EvaluateParams, g: _Group, recon: torch.Tensor, latent_si
             rows.append({"group": g.key, "id": row.id, "run_id": row.run_id, "epoch": row.epoch, "method": name,
                          "original_acc": float(acc_orig[j]) if functional else None,
                          **{k: float(v[j]) for k, v in per_model.items()}})
+        bar.update(len(w))
     if functional:
         out["fidelity_gain"] = M.fidelity_gain(agree[VAE], agree[NEAREST], eps)
         out["fidelity_gain_median"] = float(M.fidelity_gains(agree[VAE], agree[NEAREST], eps).quantile(0.5))

@@ -50,11 +50,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from weightvae import FORMAT_VERSION, canonical
+from weightvae import FORMAT_VERSION, canonical, tensorfile
 from weightvae.archs import ARCHITECTURES, build_model
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
 from weightvae.params import load_section, require
+from weightvae.progress import Progress
 
 SUFFIXES = (".pt", ".pth", ".safetensors")
 RUN_ID_RULES = ("auto", "parent", "stem")
@@ -159,12 +160,9 @@ def _load_torch(data: bytes) -> Any:
 
 
 def _load_safetensors(data: bytes) -> Any:
-    from safetensors.torch import load
-
+    """Tensors in the order the file records (weightvae's exports), else by name: the same in every process."""
     try:
-        tensors = load(data)
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+        tensors, meta = tensorfile.load(data)
     except Exception as e:
         raise _Bad(f"cannot be read as safetensors (truncated or corrupt?): {_first_line(e)}") from None
     if "model_properties" in meta:  # optional: our schema's properties as a JSON string in the header
@@ -519,7 +517,8 @@ class _Row(NamedTuple):
 
 
 def ingest(p: IngestParams, out: str | Path, log=print) -> dict[str, Any]:
-    """Ingest the zoo in `p.zoo_dir` into the folder `out`; returns the metrics."""
+    """Ingest the zoo in `p.zoo_dir` into the folder `out`; returns the metrics. `log` receives the
+    progress line when not on a terminal (`weightvae.progress`)."""
     t0 = time.perf_counter()
     root = Path(p.zoo_dir)
     if not root.is_dir():
@@ -538,9 +537,10 @@ def ingest(p: IngestParams, out: str | Path, log=print) -> dict[str, Any]:
     ids: dict[str, str] = {}
     with atomic_path(out, is_dir=True) as tmp:
         scratch = tmp / "vectors.scratch"  # every vector, in file order; removed before the rename
-        with open(scratch, "wb") as f:
+        with open(scratch, "wb") as f, Progress("ingest", len(items), "files", log=log) as bar:
             offset = 0
             for res in _results(root, items, p):
+                bar.update()
                 if isinstance(res, Loaded) and res.props["run_id"] is None:  # a bare state_dict
                     try:
                         res.props["run_id"] = run_id_of(res.path, p.run_id_from)
@@ -568,8 +568,6 @@ def ingest(p: IngestParams, out: str | Path, log=print) -> dict[str, Any]:
                                  buffers=sys.intern(res.buffers) if len(res.buffers) < 256 else res.buffers,
                                  offset=offset, **pr))
                 offset += res.layout.length
-                if len(rows) % 10_000 == 0:
-                    log(f"ingest: {len(rows)} models ({time.perf_counter() - t0:.0f}s)")
         if not rows:
             raise IngestError(f"{root}: none of the {len(items)} checkpoint files could be used "
                               f"(first: {rejected[0]['path']}: {rejected[0]['reason']})")

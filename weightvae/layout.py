@@ -6,8 +6,9 @@ before its bias), the order `nn.Module.state_dict()` returns and `torch.save`/`t
 keep. Sorting keys instead would put `fc10` before `fc2` and split layers apart. The order is
 part of the layout's signature and is recorded in `to_dict()`, so nothing downstream relies on
 dict ordering again: a state_dict with the same tensors in another order is another layout.
-(safetensors files do not keep the saved order, they store tensors sorted, so a network saved
-as `.safetensors` has a different layout from the same network saved with `torch.save`.)
+(safetensors files do not keep the saved order: a `.safetensors` file written by weightvae records it
+in its metadata and is read back in that order (`weightvae.tensorfile`); any other is read in name
+order, so the same network saved there by other code has a different layout than with `torch.save`.)
 
 Floating tensors (float16/bfloat16/float32/float64) are *learned*: they form the vector, as
 float32, which holds float16 and bfloat16 exactly (float64 is rounded). Other tensors
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -150,3 +152,35 @@ class Layout:
 
     def __repr__(self) -> str:
         return f"Layout({self.layout_id}, {len(self.entries)} tensors, length {self.length})"
+
+
+LayerInfo = list[tuple[str, tuple[int, ...]]]
+
+
+def layer_info(layout: Layout) -> LayerInfo:
+    """The seed's `layer_info`: (name, shape) of each learned tensor, in vector order."""
+    return [(e.name, e.shape) for e in layout.learned]
+
+
+def reconstruct_weights(flat: Tensor | Any, layer_info: LayerInfo) -> dict[str, Tensor]:
+    """The seed's `reconstruct_weights(flat, layer_info)`: cut one flat vector into its state_dict.
+
+    `flat` is one raw (not standardised) vector, e.g. `ZooDataset(..., normalize=False)[i]["weight"]`
+    or `ds.denormalize(...)`; entries past the layer_info's total are padding and must be zero.
+    Integer buffers are not in the vector: `Layout.unflatten(vec, buffers)` restores those too.
+    """
+    vec = torch.as_tensor(flat)
+    if vec.dim() != 1:
+        raise ValueError(f"flat has shape {list(vec.shape)}; pass one vector (for a batch, call once per row)")
+    need = sum(math.prod(shape) for _, shape in layer_info)
+    if vec.numel() < need:
+        raise ValueError(f"flat has {vec.numel()} entries, layer_info needs {need}")
+    if bool((vec[need:] != 0).any()):
+        raise ValueError(f"flat has non-zero entries past the layer_info's {need} (padding is zero): "
+                         "wrong layer_info for this vector?")
+    out, offset = {}, 0
+    for name, shape in layer_info:
+        n = math.prod(shape)
+        out[name] = vec[offset:offset + n].reshape(tuple(shape)).clone()
+        offset += n
+    return out

@@ -9,6 +9,8 @@ Outputs (one folder, replaced atomically):
     <out>/samples/sample-<task>-<arch>-<layout>-<i>.pt   `n_samples` draws per (task, architecture,
                             layout), zoo file schema plus `sampler` and,
                             for `kde`, `anchor_id` (the training model whose kernel it came from)
+    <out>/.../<name>.safetensors   each of those networks again, for code that is not weightvae: its
+                            tensors, and its properties as string metadata (`weightvae.tensorfile`)
     <out>/samples/pool.json  for `kde`: {"<task>/<arch>/<layout>": ids of the training models the
                             kernels sit on}, the population evaluate compares samples with
     <out>/latents.parquet   one row per reconstructed model: id, split, task, run_id, latent
@@ -25,9 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from weightvae import FORMAT_VERSION
+from weightvae import FORMAT_VERSION, tensorfile
 from weightvae.io import atomic_path, write_json
 from weightvae.params import load_section, require
+from weightvae.progress import Progress
 from weightvae.records import POOL_FILE, file_name, pool_key
 
 SAMPLERS = ("kde", "prior")
@@ -55,6 +58,12 @@ class ReconstructParams:
         require(self.batch_size >= 1, "reconstruct.batch_size", self.batch_size, "need >= 1")
 
 
+def _save(rec: dict[str, Any], folder: Path, model_id: str) -> None:
+    """A network as `<id>.pt` (zoo file schema) and `<id>.safetensors` (same tensors and properties)."""
+    torch.save(rec, folder / file_name(model_id))
+    (folder / file_name(model_id, ".safetensors")).write_bytes(tensorfile.record_bytes(rec))
+
+
 def _record(state_dict: dict[str, torch.Tensor], props: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "state_dict": state_dict,
@@ -79,21 +88,22 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
     model = VAE.from_export(str(model_path))
     counts: dict[str, int] = {}
     latents = []
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True) as tmp, Progress("reconstruct", unit="networks") as bar:
         for split in p.splits:
             ds = ZooDataset(shards, split, normalize=model.normalize, max_len=model.cfg.max_len)
+            bar.add_total(len(ds))
             (tmp / split).mkdir()
             for z, props in _encoded(model, ds, p.batch_size):
                 recon = model.decode(z)
                 sds = model.reconstruct_to_model_weights(recon, props)
                 for sd, pr, zi in zip(sds, props, z):
-                    rec = _record(sd, pr, source_id=pr["id"], split=split)
-                    torch.save(rec, tmp / split / file_name(pr["id"]))
+                    _save(_record(sd, pr, source_id=pr["id"], split=split), tmp / split, pr["id"])
                     latents.append({"id": pr["id"], "split": split, "task": pr["task"],
                                     "run_id": pr["run_id"], "latent": zi.flatten().tolist()})
+                bar.update(len(sds))
             counts[split] = len(ds)
         (tmp / "samples").mkdir()
-        counts["samples"] = _write_samples(p, model, shards, tmp / "samples")
+        counts["samples"] = _write_samples(p, model, shards, tmp / "samples", bar)
         pd.DataFrame(latents).to_parquet(tmp / "latents.parquet", index=False)
     return counts
 
@@ -106,7 +116,7 @@ def _encoded(model, ds, batch_size: int):
         yield model.encode(batch).mode(), batch["model_properties"]
 
 
-def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path) -> int:
+def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path, bar: Progress) -> int:
     """`n_samples` networks per (task, architecture, layout) of the training split, from `p.sampler`.
 
     Grouping by task too matters: one architecture trained on two tasks shares a layout, and a
@@ -126,6 +136,7 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path) -
     n = 0
     pools: dict[str, list[str]] = {}
     for (task, arch, layout_id), props in _one_row_per_group(train).items():
+        bar.add_total(p.n_samples)
         if p.sampler == "kde":
             z, anchors, pool = _kde_latents(p, encoded[task, arch, layout_id], gen)
             pools[pool_key(task, arch, layout_id)] = pool
@@ -136,9 +147,10 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path) -
         for i, (sd, anchor) in enumerate(zip(sds, anchors)):
             sid = f"sample-{task}-{arch}-{layout_id[:8]}-{i:04d}"
             extra = {"sampler": p.sampler, **({"anchor_id": anchor} if anchor else {})}
-            rec = _record(sd, {**props, "run_id": sid, "epoch": None}, source_id=None, split="samples", **extra)
-            torch.save(rec, out / file_name(sid))
+            _save(_record(sd, {**props, "run_id": sid, "epoch": None}, source_id=None, split="samples", **extra),
+                  out, sid)
             n += 1
+        bar.update(p.n_samples)
     if pools:
         write_json(out / POOL_FILE, pools)
     return n

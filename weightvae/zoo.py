@@ -32,6 +32,7 @@ from weightvae import FORMAT_VERSION
 from weightvae.archs import ARCHITECTURES, build_model, evaluate_model, get_architecture, hidden_width
 from weightvae.io import atomic_path, write_json
 from weightvae.params import load_section, require
+from weightvae.progress import Progress
 from weightvae.tasks import TASKS, TaskData, get_task
 
 BETAS = (0.9, 0.999)
@@ -259,14 +260,14 @@ def _groups(runs: list[RunSpec], size: int) -> Iterator[list[RunSpec]]:
 
 def build_zoo(p: ZooParams, out_dir: str | Path, log=print) -> dict[str, Any]:
     """Train the zoo and write one file per checkpoint into `out_dir` (replaced atomically).
+    `log` receives the progress line when not on a terminal (`weightvae.progress`).
 
     Returns the summary written to metrics/zoo.json.
     """
     t0 = time.perf_counter()
     runs = plan_runs(p)
     records = []
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        done = 0
+    with atomic_path(out_dir, is_dir=True) as tmp, Progress("zoo", len(runs), "runs", log=log) as bar:
         for group in _groups(runs, p.group_size):
             trained = train_group(group, tuple(p.save_epochs))
             for r in group:
@@ -274,8 +275,7 @@ def build_zoo(p: ZooParams, out_dir: str | Path, log=print) -> dict[str, Any]:
                     rec = checkpoint_record(r, epoch, sd)
                     torch.save(rec, tmp / f"{r.run_id}_e{epoch:03d}.pt")
                     records.append(rec["model_properties"])
-            done += len(group)
-            log(f"zoo: trained {done}/{len(runs)} runs ({time.perf_counter() - t0:.0f}s)")
+            bar.update(len(group))
     return summarize(records, time.perf_counter() - t0)
 
 
