@@ -1,5 +1,5 @@
 """Training speed, memory and early val loss of the default VAE (`train:` in params.yaml) against the
-seed's preset (the same params with `preset: d2nwg`), on the same shards, in one run.
+seed's preset (the same params with `codec: conv`, `preset: d2nwg`), on the same shards, in one run.
 
     python benchmarks/train.py [--params params.yaml] [--shards model_data/shards]
 
@@ -42,19 +42,18 @@ def setup(params: str, preset: str, shards: str):
 
     from weightvae.data import ZooDataset
     from weightvae.params import load_section
-    from weightvae.train import TrainParams, build_module
+    from weightvae.train import TrainParams, initial_module
 
-    p = dataclasses.replace(load_section(params, "train", TrainParams), preset=preset)
+    p = load_section(params, "train", TrainParams)
+    if preset == "d2nwg":  # the seed's AutoencoderKL: a conv codec
+        p = dataclasses.replace(p, codec="conv", preset="d2nwg")
     L.seed_everything(p.seed, workers=True, verbose=False)
     train_ds = ZooDataset(shards, "train", dataset=p.dataset, normalize=p.normalize, topk=p.topk)
     val_ds = ZooDataset(shards, "val", dataset=p.dataset, normalize=p.normalize)
     layouts = json.loads((Path(shards) / "layouts.json").read_text())
     layout_ids = sorted(layouts)
     n_layers = max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
-    model = build_module(p, train_ds.max_len, layout_ids, n_layers)
-    if p.normalize:
-        model.set_normalization({lid: train_ds.normalization(lid) for lid in layout_ids})
-    return p, model, train_ds, val_ds
+    return p, initial_module(p, train_ds, layout_ids, n_layers), train_ds, val_ds
 
 
 def fit_steps(model, train_ds, batch: int, steps: int, warmup: int, seed: int) -> float:
@@ -90,7 +89,7 @@ def val_loss(model, val_ds, batch: int = 64) -> float:
 def child(args: argparse.Namespace) -> None:
     p, model, train_ds, val_ds = setup(args.params, args.child, args.shards)
     out = {"preset": args.child, "parameters": sum(t.numel() for t in model.parameters()),
-           "image_hw": list(model.net.image_hw), "latent_shape": list(model.net.latent_shape),
+           "codec": model.cfg.codec, "latent_shape": list(model.net.latent_shape),
            "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch}
     t0 = time.perf_counter()
     out["samples_per_s"] = round(fit_steps(model, train_ds, args.batch, args.steps, args.warmup, p.seed), 2)
@@ -127,7 +126,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="batch of the shared protocol (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps of the shared protocol (default: %(default)s)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed first steps (default: %(default)s)")
-    ap.add_argument("--child", choices=["small", "d2nwg"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["default", "d2nwg"], help=argparse.SUPPRESS)
     ap.add_argument("--own-batch", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -138,13 +137,13 @@ def main() -> None:
         shards, source = shards_or_build(args.shards, tmp)
         manifest = json.loads(Path(shards, "manifest.json").read_text())
         runs = {}
-        for preset in ("small", "d2nwg"):
+        for preset in ("default", "d2nwg"):
             cmd = [sys.executable, __file__, "--child", preset, "--params", args.params, "--shards", shards,
                    "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            res = subprocess.run(cmd + (["--own-batch"] if preset == "small" else []), capture_output=True,
+            res = subprocess.run(cmd + (["--own-batch"] if preset == "default" else []), capture_output=True,
                                  text=True, check=True)
             runs[preset] = json.loads(res.stdout.strip().splitlines()[-1])
-    small, seed = runs["small"], runs["d2nwg"]
+    small, seed = runs["default"], runs["d2nwg"]
     print(json.dumps({
         "shards": shards, "shards_source": source, "max_len": manifest["max_len"], "models": manifest["counts"],
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
@@ -155,7 +154,7 @@ def main() -> None:
         "speedup_same_batch": round(small["samples_per_s"] / seed["samples_per_s"], 1),
         "speedup_default_batch_vs_d2nwg_batch": round(small["own_batch"]["samples_per_s"] / seed["samples_per_s"], 1),
         "parameter_ratio": round(seed["parameters"] / small["parameters"], 1),
-        "small": small, "d2nwg": seed, "seconds": round(time.perf_counter() - t0, 1),
+        "default": small, "d2nwg": seed, "seconds": round(time.perf_counter() - t0, 1),
     }))
 
 

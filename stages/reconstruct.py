@@ -1,7 +1,7 @@
-"""Stage `reconstruct`: encode/decode the val and test models, write latents, sample from the prior.
+"""Stage `reconstruct`: decode the val and test models from their codes, and sample new networks.
 
     python stages/reconstruct.py --params params.yaml --shards model_data/shards \
-        --model model_data/models/vae.ckpt --out model_data/reconstructions
+        --model model_data/models/vae.ckpt --latents model_data/latents.parquet --out model_data/reconstructions
 """
 
 import argparse

@@ -96,7 +96,7 @@ def _zoo_and_reconstructions(root):
     _save(zoo, _run_id("test", "V"), "line", "mystery", {"w": torch.tensor(OTHER_TEST)})
     torch.save({"state_dict": {"w": torch.tensor(OTHER_RECON)}}, recon / "test" / file_name(ids["V"]))
     latents.append({"id": ids["V"], "latent": [0.0, 0.0, 0.0]})  # 3 values for 3 weights
-    pd.DataFrame(latents).to_parquet(recon / "latents.parquet")
+    pd.DataFrame(latents).to_parquet(root / "latents.parquet")
     ingest(IngestParams(zoo_dir=str(zoo), split=SPLIT, split_salt=SALT, workers=1), root / "shards",
            log=lambda *_: None)
     return ids
@@ -104,7 +104,7 @@ def _zoo_and_reconstructions(root):
 
 def test_every_headline_number_matches_the_hand_computation(toy):
     ids = _zoo_and_reconstructions(toy)
-    head, df, _ = evaluate(EvaluateParams(), toy / "shards", toy / "recon")
+    head, df, _ = evaluate(EvaluateParams(), toy / "shards", toy / "recon", toy / "latents.parquet")
     g = head["groups"]["line/line"]
     m = g["methods"]
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from weightvae import tensorfile
 from weightvae.archs import build_model
 from weightvae.cli import main as cli
+from weightvae.encode import EncodeParams, encode
 from weightvae.evaluate import EvaluateParams, evaluate
 from weightvae.ingest import IngestParams, ingest
 from weightvae.layout import Layout
@@ -49,8 +50,10 @@ def run(tmp_path_factory):
               base / "vae.ckpt", base / "ckpt", base / "live")
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            reconstruct(ReconstructParams(n_samples=2), shards, base / "vae.ckpt", base / "recon")
-            evaluate(EvaluateParams(), shards, base / "recon")
+            encode(EncodeParams(refine_steps=2, probe_count=8), shards, base / "vae.ckpt", base / "latents.parquet")
+            reconstruct(ReconstructParams(n_samples=2), shards, base / "vae.ckpt", base / "latents.parquet",
+                        base / "recon")
+            evaluate(EvaluateParams(), shards, base / "recon", base / "latents.parquet")
     finally:
         os.chdir(cwd)
     return {"base": base, "shards": shards, "recon": base / "recon", "zoo": base / "zoo", "log": out.getvalue(),
@@ -93,7 +96,8 @@ def test_safetensors_bytes_are_the_same_in_every_process(run):
     ours does not: a second reconstruct and another interpreter give the same bytes."""
     again = run["base"] / "recon-again"
     with contextlib.redirect_stdout(io.StringIO()):
-        reconstruct(ReconstructParams(n_samples=2), run["shards"], run["base"] / "vae.ckpt", again)
+        reconstruct(ReconstructParams(n_samples=2), run["shards"], run["base"] / "vae.ckpt",
+                    run["base"] / "latents.parquet", again)
     first = {p.relative_to(run["recon"]): p.read_bytes() for p in run["recon"].rglob("*.safetensors")}
     assert first == {p.relative_to(again): p.read_bytes() for p in again.rglob("*.safetensors")}
     pt = _networks(run["recon"])[-1]

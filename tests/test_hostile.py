@@ -340,7 +340,7 @@ def test_unknown_dataset_and_an_evaluate_split_reconstruct_never_wrote_get_one_l
     (tmp_path / "recon" / "test").mkdir(parents=True)  # reconstruct wrote test only
     params = _params_file(tmp_path, "evaluate", {"split": "val"})
     args = argparse.Namespace(params=str(params), shards=str(tmp_path / "shards"), recon=str(tmp_path / "recon"),
-                              metrics=str(tmp_path / "eval.json"), table=str(tmp_path / "eval.csv"),
+                              latents=None, metrics=str(tmp_path / "eval.json"), table=str(tmp_path / "eval.csv"),
                               plots=str(tmp_path / "plots"), live_dir=None)
     with pytest.raises(SystemExit):
         E.run(args)

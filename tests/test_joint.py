@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from weightvae.data import ZooDataset, collate
+from weightvae.encode import EncodeParams, encode
 from weightvae.evaluate import EvaluateParams, evaluate, write_outputs
 from weightvae.ingest import IngestParams, ingest
 from weightvae.model import VAE
@@ -33,8 +34,7 @@ def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
     layouts = json.loads((shards / "layouts.json").read_text())
     assert sorted(v["length"] for v in layouts.values()) == [1706, 2410]  # padded to the longest: 2,410
 
-    p = TrainParams(channels=(4,), latent="spatial", max_epochs=2, batch_size=8, accelerator="cpu",
-                    behaviour_weight=1.0, probe_count=8)
+    p = TrainParams(latent_dim=16, max_epochs=2, batch_size=8, accelerator="cpu", behaviour_weight=1.0, probe_count=8)
     metrics = train(p, shards, tmp_path / "vae.ckpt", tmp_path / "ckpt", tmp_path / "live")
     # the behavioural term runs for every (task, layout), the cnn layout shared by two tasks included
     vae = VAE.from_export(str(tmp_path / "vae.ckpt"))
@@ -43,14 +43,16 @@ def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
     assert {f"digits/{cnn}", f"digits_inverted/{cnn}"} <= set(vae.functional)
     batch = collate([ZooDataset(shards, "train")[i] for i in range(len(ZooDataset(shards, "train")))])
     lids = [pr["layout_id"] for pr in batch["model_properties"]]
-    logits, valid = vae.function_logits(batch["weight"], lids, vae._function_keys(batch, lids))
+    logits, valid = vae.function_logits(batch["weight"], lids, vae.batch_function_keys(batch, lids))
     assert valid.all() and logits.shape[:2] == (len(lids), 8)
     assert metrics["train/behaviour"] > 0
-    reconstruct(ReconstructParams(n_samples=2), shards, tmp_path / "vae.ckpt", tmp_path / "recon")
+    latents = tmp_path / "latents.parquet"
+    encode(EncodeParams(refine_steps=3, probe_count=8), shards, tmp_path / "vae.ckpt", latents)
+    reconstruct(ReconstructParams(n_samples=2), shards, tmp_path / "vae.ckpt", latents, tmp_path / "recon")
     assert len(list((tmp_path / "recon" / "samples").glob("*.pt"))) == 6  # n_samples per task/architecture
     _check_kde_samples(shards, tmp_path, table)
 
-    head, df, plots = evaluate(EvaluateParams(), shards, tmp_path / "recon")
+    head, df, plots = evaluate(EvaluateParams(), shards, tmp_path / "recon", latents)
     assert set(head["groups"]) == {"digits/cnn", "digits_inverted/cnn", "digits_inverted/mlp"}
     for g in head["groups"].values():
         assert {"retention", "agreement", "r2"} <= set(g["methods"]["vae"]) and "fidelity_gain" in g
@@ -70,7 +72,7 @@ def _check_kde_samples(shards, tmp_path, table):
     train_acc (the two cnn groups share a layout but not their kernels)."""
     out = tmp_path / "recon-kde"
     reconstruct(ReconstructParams(splits=("train",), n_samples=6, kde_bandwidth=0.0, kde_top=0.2), shards,
-                tmp_path / "vae.ckpt", out)
+                tmp_path / "vae.ckpt", tmp_path / "latents.parquet", out)
     train = table[table.split == "train"].set_index("id")
     samples = [torch.load(f, weights_only=True) for f in sorted((out / "samples").glob("*.pt"))]
     assert len(samples) == 18
@@ -89,7 +91,8 @@ def _check_kde_samples(shards, tmp_path, table):
         for k, v in recon["state_dict"].items():
             torch.testing.assert_close(s["state_dict"][k], v, rtol=0, atol=1e-6)
     prior = tmp_path / "recon-prior"
-    reconstruct(ReconstructParams(n_samples=1, sampler="prior"), shards, tmp_path / "vae.ckpt", prior)
+    reconstruct(ReconstructParams(n_samples=1, sampler="prior"), shards, tmp_path / "vae.ckpt",
+                tmp_path / "latents.parquet", prior)
     for f in (prior / "samples").glob("*.pt"):
         props = torch.load(f, weights_only=True)["model_properties"]
         assert props["sampler"] == "prior" and "anchor_id" not in props

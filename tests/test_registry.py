@@ -117,8 +117,9 @@ def _args(tmp_path, evaluate_section):
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"evaluate": evaluate_section}))  # JSON is YAML
     return argparse.Namespace(params=str(params), shards=str(tmp_path / "shards"), recon=str(tmp_path / "recon"),
-                              metrics=str(tmp_path / "out" / "eval.json"), table=str(tmp_path / "out" / "eval.csv"),
-                              plots=str(tmp_path / "out" / "plots"), live_dir=None)
+                              latents=None, metrics=str(tmp_path / "out" / "eval.json"),
+                              table=str(tmp_path / "out" / "eval.csv"), plots=str(tmp_path / "out" / "plots"),
+                              live_dir=None)
 
 
 def test_unknown_architectures_get_weight_space_metrics_and_one_plain_message(tmp_path, capsys):

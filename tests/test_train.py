@@ -250,3 +250,11 @@ def test_params_are_checked_before_anything_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("weightvae train: bad params: train.channels: 16 is not allowed") and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_the_conv_codec_trains_and_exports_too(shards, tmp_path):
+    out = fit(tiny(codec="conv", channels=[4], latent="spatial", max_epochs=1), shards, tmp_path)[0]
+    model = VAE.from_export(str(out))
+    assert model.cfg.codec == "conv" and model.net.latent_shape == (1, 49, 50)  # 2,410 weights as a 49x50 image
+    with pytest.raises(ParamsError, match="train.preset: 'd2nwg' is not allowed; the d2nwg preset is a conv codec"):
+        tiny(preset="d2nwg")

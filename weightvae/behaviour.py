@@ -40,8 +40,14 @@ def flat_logits(arch: str, layout: Layout, flat: Tensor, probes: Tensor) -> Tens
     return forward(params, x, None)
 
 
-def behaviour_kl(ref_logits: Tensor, logits: Tensor) -> Tensor:
-    """KL(original || reconstruction) of the predicted class distributions, mean over networks and probes."""
+def behaviour_kl_per_network(ref_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(original || reconstruction) of the predicted class distributions, mean over probes: `[B, P, K]`
+    twice -> `[B]`."""
     assert ref_logits.shape == logits.shape, f"{list(ref_logits.shape)} vs {list(logits.shape)}"
     ref = F.log_softmax(ref_logits, -1)
-    return (ref.exp() * (ref - F.log_softmax(logits, -1))).sum(-1).mean()
+    return (ref.exp() * (ref - F.log_softmax(logits, -1))).sum(-1).mean(-1)
+
+
+def behaviour_kl(ref_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(original || reconstruction) of the predicted class distributions, mean over networks and probes."""
+    return behaviour_kl_per_network(ref_logits, logits).mean()

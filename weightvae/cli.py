@@ -19,7 +19,9 @@ COMMANDS = {
     "zoo": ("weightvae.zoo", "train the default model zoo (params section `zoo:`)"),
     "ingest": ("weightvae.ingest", "zoo folder -> Parquet + tensor shards with leak-free splits (`ingest:`)"),
     "train": ("weightvae.train", "train the weight VAE with Lightning (`train:`)"),
-    "reconstruct": ("weightvae.reconstruct", "reconstruct val/test models and sample new ones (`reconstruct:`)"),
+    "encode": ("weightvae.encode", "every model to its latent code, refined against its function (`encode:`)"),
+    "reconstruct": ("weightvae.reconstruct", "decode val/test models from their codes, sample new ones "
+                                             "(`reconstruct:`)"),
     "evaluate": ("weightvae.evaluate", "evaluate reconstructions and samples as networks (`evaluate:`)"),
     "export": ("weightvae.export", "write one original, reconstructed or sampled network as .safetensors or .pt"),
     "import-legacy": ("weightvae.legacy", "convert zoo files of the seed's code (pickled modules) to the zoo schema"),

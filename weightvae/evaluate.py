@@ -111,9 +111,10 @@ class _Group:
                                                       zip(w, buffers, strict=True)], x)
 
 
-def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame,
-                                                                                       dict[str, Any]]:
-    """Returns (headline metrics, per-model table, data for the plots)."""
+def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path,
+             latents: str | Path | None = None) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """Returns (headline metrics, per-model table, data for the plots). `latents`: the encode stage's
+    table, for the code size (latent values per model) that `pca` matches and `compression_ratio` reports."""
     shards, recon_dir = Path(shards), Path(recon_dir)
     if not (recon_dir / p.split).is_dir():
         raise EvaluateError(f"{recon_dir / p.split}: no reconstructions of the {p.split!r} split; add "
@@ -121,7 +122,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
     table = pd.read_parquet(shards / "models.parquet")
     layouts = {k: Layout.from_dict(v) for k, v in json.loads((shards / "layouts.json").read_text()).items()}
     shard = {s: np.load(shards / f"{s}.npy", mmap_mode="r") for s in ("train", p.split)}
-    latent_sizes = _latent_sizes(recon_dir)
+    latent_sizes = _latent_sizes(latents)
     pools = json.loads((recon_dir / "samples" / POOL_FILE).read_text()) \
         if (recon_dir / "samples" / POOL_FILE).exists() else {}
     samples = _load_samples(recon_dir)
@@ -172,12 +173,13 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path) -> tu
     return headline, df, plots
 
 
-def _latent_sizes(recon_dir: Path) -> dict[str, int]:
-    """{model id: latent values per model}, from reconstruct's latents (empty if it wrote none)."""
-    path = recon_dir / "latents.parquet"
-    if not path.exists():
+def _latent_sizes(latents: str | Path | None) -> dict[str, int]:
+    """{model id: latent values per model}, from the encode stage's table (empty without one)."""
+    if latents is None:
         return {}
-    lat = pd.read_parquet(path, columns=["id", "latent"])
+    if not Path(latents).exists():
+        raise EvaluateError(f"{latents}: no latents table; run the encode stage first (dvc repro encode)")
+    lat = pd.read_parquet(latents, columns=["id", "latent"])
     return dict(zip(lat.id, (len(v) for v in lat.latent)))
 
 
@@ -431,6 +433,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
     parser.add_argument("--recon", default="model_data/reconstructions",
                         help="reconstruct output (default: %(default)s)")
+    parser.add_argument("--latents", default="model_data/latents.parquet",
+                        help="encode output, for the code size (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/eval.json", help="headline metrics (default: %(default)s)")
     parser.add_argument("--table", default="metrics/eval_models.csv", help="per-model table (default: %(default)s)")
     parser.add_argument("--plots", default="metrics/plots", help="PNG plots folder (default: %(default)s)")
@@ -441,7 +445,7 @@ def run(args: argparse.Namespace) -> None:
     p = load_section(args.params, "evaluate", EvaluateParams)
     register(p.architectures, p.tasks)
     try:
-        headline, df, plots = evaluate(p, args.shards, args.recon)
+        headline, df, plots = evaluate(p, args.shards, args.recon, args.latents)
     except EvaluateError as e:  # one clear line, no traceback: the message says what to do
         print(f"weightvae evaluate: {e}", file=sys.stderr)
         raise SystemExit(1) from None

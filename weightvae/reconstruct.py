@@ -1,11 +1,11 @@
-"""Reconstruct held-out networks through the VAE, and sample new ones.
+"""Decode held-out networks from their latent codes, and sample new ones.
 
-Samples come from `sampler`: `kde` (default) draws latents from a kernel density estimate over
-the training split's latents (`weightvae.prior`), `prior` from the VAE's N(0, I).
+The codes come from the encode stage (`weightvae.encode`: the encoder's mean, refined against each
+network's function). Samples come from `sampler`: `kde` (default) draws latents from a kernel density
+estimate over the training split's codes (`weightvae.prior`), `prior` from the VAE's N(0, I).
 
 Outputs (one folder, replaced atomically):
-    <out>/<split>/<id>.pt   reconstructions of each val/test model (posterior mean), zoo file schema
-                            plus `source_id`
+    <out>/<split>/<id>.pt   each val/test model decoded from its code, zoo file schema plus `source_id`
     <out>/samples/sample-<task>-<arch>-<layout>-<i>.pt   `n_samples` draws per (task, architecture,
                             layout), zoo file schema plus `sampler` and,
                             for `kde`, `anchor_id` (the training model whose kernel it came from)
@@ -13,18 +13,17 @@ Outputs (one folder, replaced atomically):
                             tensors, and its properties as string metadata (`weightvae.tensorfile`)
     <out>/samples/pool.json  for `kde`: {"<task>/<arch>/<layout>": ids of the training models the
                             kernels sit on}, the population evaluate compares samples with
-    <out>/latents.parquet   one row per reconstructed model: id, split, task, run_id, latent
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from weightvae import FORMAT_VERSION, tensorfile
@@ -79,63 +78,77 @@ def _record(state_dict: dict[str, torch.Tensor], props: dict[str, Any], **extra:
     }
 
 
+class ReconstructError(ValueError):
+    """Inputs reconstruct cannot use; the message names the file or key and what to do."""
+
+
 @torch.no_grad()
-def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path, out: str | Path) -> dict[str, int]:
-    """Write reconstructions, latents and sampled networks; returns counts."""
-    from weightvae.data import ZooDataset
+def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path, latents: str | Path,
+                out: str | Path) -> dict[str, int]:
+    """Decode the encode stage's latents of `p.splits` into networks, and sample new ones; returns counts."""
+    from weightvae.encode import read_latents
     from weightvae.model import VAE
 
     model = VAE.from_export(str(model_path))
     counts: dict[str, int] = {}
-    latents = []
     with atomic_path(out, is_dir=True) as tmp, Progress("reconstruct", unit="networks") as bar:
         for split in p.splits:
-            ds = ZooDataset(shards, split, normalize=model.normalize, max_len=model.cfg.max_len)
-            bar.add_total(len(ds))
+            rows, z = read_latents(latents, split)
+            if not rows:
+                raise ReconstructError(f"{latents}: no latents of the {split!r} split; add {split!r} to encode.splits "
+                                       "(or remove it from reconstruct.splits) and rerun encode")
+            props = _properties(shards, split, model)
+            bar.add_total(len(rows))
             (tmp / split).mkdir()
-            for z, props in _encoded(model, ds, p.batch_size):
-                recon = model.decode(z)
-                sds = model.reconstruct_to_model_weights(recon, props)
-                for sd, pr, zi in zip(sds, props, z):
+            for start in range(0, len(rows), p.batch_size):
+                batch = [props[r["id"]] for r in rows[start:start + p.batch_size]]
+                sds = model.reconstruct_to_model_weights(model.decode(z[start:start + p.batch_size]), batch)
+                for sd, pr in zip(sds, batch, strict=True):
                     _save(_record(sd, pr, source_id=pr["id"], split=split), tmp / split, pr["id"])
-                    latents.append({"id": pr["id"], "split": split, "task": pr["task"],
-                                    "run_id": pr["run_id"], "latent": zi.flatten().tolist()})
                 bar.update(len(sds))
-            counts[split] = len(ds)
+            counts[split] = len(rows)
         (tmp / "samples").mkdir()
-        counts["samples"] = _write_samples(p, model, shards, tmp / "samples", bar)
-        pd.DataFrame(latents).to_parquet(tmp / "latents.parquet", index=False)
+        counts["samples"] = _write_samples(p, model, shards, latents, tmp / "samples", bar)
     return counts
 
 
-def _encoded(model, ds, batch_size: int):
-    """(posterior means, model properties) per batch of `ds`, in its order."""
-    from weightvae.data import ZooDataModule
+def _properties(shards: str | Path, split: str, model) -> dict[str, dict[str, Any]]:
+    """id -> the shards' properties of each model of `split` (layout, buffers, ...), as the dataset gives them."""
+    from weightvae.data import ZooDataset
 
-    for batch in ZooDataModule.loader(ds, batch_size=batch_size, shuffle=False):
-        yield model.encode(batch).mode(), batch["model_properties"]
+    ds = ZooDataset(shards, split, normalize=model.normalize, max_len=model.cfg.max_len)
+    return {r["id"]: r for r in (ds.properties(i) for i in range(len(ds)))}
 
 
-def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path, bar: Progress) -> int:
+def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str | Path, out: Path,
+                   bar: Progress) -> int:
     """`n_samples` networks per (task, architecture, layout) of the training split, from `p.sampler`.
 
     Grouping by task too matters: one architecture trained on two tasks shares a layout, and a
     sample must come from (and be scored against) the models of its own task.
     """
-    from weightvae.data import ZooDataset
+    from weightvae.encode import read_latents
 
-    train = ZooDataset(shards, "train", normalize=model.normalize, max_len=model.cfg.max_len)
     if p.n_samples == 0:
         return 0
+    props = _properties(shards, "train", model)
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, r in enumerate(props.values()):
+        groups.setdefault(_group(r), []).append(i)
     encoded: dict[tuple[str, str, str], list[tuple[torch.Tensor, dict[str, Any]]]] = {}
     if p.sampler == "kde":
-        for z, props in _encoded(model, train, p.batch_size):
-            for zi, pr in zip(z, props):
-                encoded.setdefault(_group(pr), []).append((zi, pr))
+        rows, z = read_latents(latents, "train")
+        if not rows:
+            raise ReconstructError(f"{latents}: no latents of the training split, which the kde sampler draws "
+                                   "around; add 'train' to encode.splits or set reconstruct.sampler: prior")
+        for zi, r in zip(z, rows, strict=True):
+            encoded.setdefault(_group(props[r["id"]]), []).append((zi, props[r["id"]]))
     gen = torch.Generator().manual_seed(p.seed)
     n = 0
     pools: dict[str, list[str]] = {}
-    for (task, arch, layout_id), props in _one_row_per_group(train).items():
+    first = list(props.values())
+    for (task, arch, layout_id), idx in sorted(groups.items()):
+        group_props = first[idx[0]]  # a representative row: its layout and buffers
         bar.add_total(p.n_samples)
         if p.sampler == "kde":
             z, anchors, pool = _kde_latents(p, encoded[task, arch, layout_id], gen)
@@ -143,12 +156,12 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, out: Path, b
             vecs = model.decode(z.to(model.device))
         else:
             vecs, anchors = model.sample(p.n_samples, generator=gen), [None] * p.n_samples
-        sds = model.reconstruct_to_model_weights(vecs, [props] * p.n_samples)
+        sds = model.reconstruct_to_model_weights(vecs, [group_props] * p.n_samples)
         for i, (sd, anchor) in enumerate(zip(sds, anchors)):
             sid = f"sample-{task}-{arch}-{layout_id[:8]}-{i:04d}"
             extra = {"sampler": p.sampler, **({"anchor_id": anchor} if anchor else {})}
-            _save(_record(sd, {**props, "run_id": sid, "epoch": None}, source_id=None, split="samples", **extra),
-                  out, sid)
+            _save(_record(sd, {**group_props, "run_id": sid, "epoch": None}, source_id=None, split="samples",
+                          **extra), out, sid)
             n += 1
         bar.update(p.n_samples)
     if pools:
@@ -180,23 +193,20 @@ def _group(props: dict[str, Any]) -> tuple[str, str, str]:
     return props["task"], props["architecture"], props["layout_id"]
 
 
-def _one_row_per_group(ds) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """A representative training row per (task, architecture, layout): its layout and buffers."""
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for i in range(len(ds)):
-        props = ds.properties(i)
-        rows.setdefault(_group(props), props)
-    return dict(sorted(rows.items()))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
     parser.add_argument("--model", default="model_data/models/vae.ckpt", help="trained VAE (default: %(default)s)")
+    parser.add_argument("--latents", default="model_data/latents.parquet",
+                        help="the encode stage's latents (default: %(default)s)")
     parser.add_argument("--out", default="model_data/reconstructions", help="output folder (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> None:
     p = load_section(args.params, "reconstruct", ReconstructParams)
-    counts = reconstruct(p, args.shards, args.model, args.out)
+    try:
+        counts = reconstruct(p, args.shards, args.model, args.latents, args.out)
+    except ReconstructError as e:  # one clear line, no traceback: the message says what to do
+        print(f"weightvae reconstruct: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     print("reconstruct: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

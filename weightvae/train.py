@@ -34,6 +34,7 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
 class TrainParams:
     """`train:` section of params.yaml."""
 
+    codec: Literal["linear", "conv"] = "linear"
     preset: Literal["small", "d2nwg"] = "small"
     channels: tuple[int, ...] = (16, 32, 64)
     blocks_per_level: int = 1
@@ -73,6 +74,8 @@ class TrainParams:
         for key in ("kl_weight", "input_noise", "latent_noise", "weight_decay", "num_workers", "behaviour_weight"):
             require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "need >= 0")
         require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "need > 0")
+        require(self.preset == "small" or self.codec == "conv", "train.preset", self.preset,
+                "the d2nwg preset is a conv codec: set train.codec: conv with it")
         require(self.topk is None or self.topk >= 1, "train.topk", self.topk, "need null or >= 1")
         require(self.precision in PRECISIONS, "train.precision", self.precision, f"choose one of {list(PRECISIONS)}")
         require(isinstance(self.limit_train_batches, int) and self.limit_train_batches >= 1
@@ -129,24 +132,38 @@ def functional_info(shards: str | Path, layouts: dict[str, Any],
 
 def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: int,
                  functional: dict[str, dict[str, Any]] | None = None):
-    from weightvae.model import VAE, VAEConfig, vae_kwargs
+    from weightvae.model import VAE
+    from weightvae.nets import VAEConfig, vae_kwargs
     from weightvae.tasks import get_task
 
     cond_dim = 0
     if p.encoder_probes and functional:
         cond_dim = p.probe_count * max(get_task(f["task"]).num_classes for f in functional.values())
-    if p.preset == "d2nwg":
+    if p.codec == "conv" and p.preset == "d2nwg":
         cfg = VAEConfig.d2nwg(max_len)
     else:
-        cfg = VAEConfig(max_len=max_len, channels=tuple(p.channels), blocks_per_level=p.blocks_per_level,
-                        latent_dim=p.latent_dim, gradient_checkpointing=p.gradient_checkpointing, cond_dim=cond_dim,
-                        latent=p.latent, latent_channels=p.latent_channels)
+        cfg = VAEConfig(max_len=max_len, codec=p.codec, channels=tuple(p.channels),
+                        blocks_per_level=p.blocks_per_level, latent_dim=p.latent_dim,
+                        gradient_checkpointing=p.gradient_checkpointing, cond_dim=cond_dim, latent=p.latent,
+                        latent_channels=p.latent_channels)
     loss = {"loss": p.loss, "kl_weight": p.kl_weight, "learning_rate": p.learning_rate,
             "weight_decay": p.weight_decay, "input_noise": p.input_noise, "latent_noise": p.latent_noise,
             "behaviour_weight": p.behaviour_weight, "probe_count": p.probe_count,
             "encoder_probes": bool(cond_dim)}
     return VAE(vae_kwargs(cfg), loss, layout_ids=layout_ids, n_layers=n_layers, normalize=p.normalize,
                functional=functional)
+
+
+def initial_module(p: TrainParams, ds, layout_ids: list[str], n_layers: int,
+                   functional: dict[str, dict[str, Any]] | None = None):
+    """The module as training starts: built, with the train split's (`ds`) normalisation statistics,
+    and for the linear codec started as PCA of the standardised training weights."""
+    model = build_module(p, ds.max_len, layout_ids, n_layers, functional)
+    if p.normalize:
+        model.set_normalization({lid: ds.normalization(lid) for lid in layout_ids})
+    if p.codec == "linear":
+        model.net.init_pca(torch.stack([ds[i]["weight"] for i in range(len(ds))]))
+    return model
 
 
 def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | Path, live_dir: str | Path,
@@ -170,9 +187,7 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     layout_ids = sorted(layouts)
     n_layers = max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
     functional = functional_info(shards, layouts) if (p.behaviour_weight > 0 or p.encoder_probes) else {}
-    model = build_module(p, ds.max_len, layout_ids, n_layers, functional)
-    if p.normalize:
-        model.set_normalization({lid: ds.normalization(lid) for lid in layout_ids})
+    model = initial_module(p, ds, layout_ids, n_layers, functional)
 
     ckpt_dir = Path(ckpt_dir)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",

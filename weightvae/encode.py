@@ -1,0 +1,141 @@
+"""Every model of the shards to its latent code: the encoder's guess, refined against its function.
+
+The encoder's posterior mean starts each code; `refine_steps` of latent refinement
+(`weightvae.refine`) then move it until the decoded network computes what the original computes on
+probe inputs from the task's training set. Networks weightvae cannot run (no built-in or batched
+architecture) keep the encoder's mean. The codes are computed once here and shared by everything
+downstream: reconstruct decodes them (and samples around the training split's), the probe stage
+reads properties off them.
+
+Output (one Parquet file, replaced atomically): one row per model with its id, split, task,
+architecture, layout, run, epoch, `latent` (flattened), and `behaviour_kl_encoder` /
+`behaviour_kl` (on the probes, before and after refinement; null where the network cannot be run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from weightvae.io import atomic_path, write_json
+from weightvae.params import load_section, require
+from weightvae.progress import Progress
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class EncodeParams:
+    """`encode:` section of params.yaml."""
+
+    splits: tuple[str, ...] = SPLITS  # reconstruct's KDE sampler needs train; probes need all three
+    refine_steps: int = 200  # Adam steps on each code (0: the encoder's mean alone)
+    refine_lr: float = 0.1  # first learning rate of the cosine schedule
+    probe_count: int = 512  # probe inputs from the task's training set the function is matched on
+    batch_size: int = 256  # networks refined together (a code never depends on its batch)
+
+    def __post_init__(self) -> None:
+        require(len(self.splits) > 0 and set(self.splits) <= set(SPLITS) and len(set(self.splits)) == len(self.splits),
+                "encode.splits", list(self.splits), f"choose distinct splits from {list(SPLITS)}")
+        require(self.refine_steps >= 0, "encode.refine_steps", self.refine_steps, "need >= 0")
+        require(self.refine_lr > 0, "encode.refine_lr", self.refine_lr, "need > 0")
+        require(self.probe_count >= 1, "encode.probe_count", self.probe_count, "need >= 1")
+        require(self.batch_size >= 1, "encode.batch_size", self.batch_size, "need >= 1")
+
+
+def encode(p: EncodeParams, shards: str | Path, model_path: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write the latents of every model of `p.splits` to `out` (Parquet); returns the stage's metrics."""
+    from weightvae.data import ZooDataModule, ZooDataset
+    from weightvae.model import VAE
+    from weightvae.refine import refine
+
+    torch.manual_seed(0)  # nothing here draws at random; this pins it should anything start to
+    t0 = time.perf_counter()
+    model = VAE.from_export(str(model_path))
+    rows: list[dict[str, Any]] = []
+    datasets = {s: ZooDataset(shards, s, normalize=model.normalize, max_len=model.cfg.max_len) for s in p.splits}
+    with Progress("encode", total=sum(len(d) for d in datasets.values()), unit="networks") as bar:
+        for split, ds in datasets.items():
+            for batch in ZooDataModule.loader(ds, batch_size=p.batch_size):
+                x, props = batch["weight"], batch["model_properties"]
+                lids = model.batch_layout_ids(batch, len(x))
+                keys = model.batch_function_keys(batch, lids)
+                with torch.no_grad():
+                    z0 = model.encode(batch).mode()
+                z, before, after = refine(model, z0, x, lids, keys, p.refine_steps, p.refine_lr, p.probe_count)
+                for pr, zi, b, a in zip(props, z, before.tolist(), after.tolist(), strict=True):
+                    rows.append({"id": pr["id"], "split": split, "task": pr["task"], "architecture": pr["architecture"],
+                                 "layout_id": pr["layout_id"], "run_id": pr["run_id"], "epoch": pr["epoch"],
+                                 "latent": zi.flatten().numpy().astype(np.float32),
+                                 "behaviour_kl_encoder": None if math.isnan(b) else b,
+                                 "behaviour_kl": None if math.isnan(a) else a})
+                bar.update(len(x))
+    write_latents(out, rows)
+    return _metrics(rows, model, p, time.perf_counter() - t0)
+
+
+_SCHEMA = pa.schema([("id", pa.string()), ("split", pa.string()), ("task", pa.string()),
+                     ("architecture", pa.string()), ("layout_id", pa.string()), ("run_id", pa.string()),
+                     ("epoch", pa.int64()), ("latent", pa.list_(pa.float32())),
+                     ("behaviour_kl_encoder", pa.float64()), ("behaviour_kl", pa.float64())])
+
+
+def write_latents(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """The latents table, atomically, with a fixed schema (same rows -> same bytes)."""
+    table = pa.Table.from_pylist(rows, schema=_SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_latents(path: str | Path, split: str | None = None) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """(rows without `latent`, latents `[N, latent_size]` float32) of one split (or all), in file order."""
+    table = pq.read_table(path)
+    if split is not None:
+        table = table.filter(pc.equal(table["split"], split))
+    latent = table.column("latent").to_pylist()
+    rows = table.drop(["latent"]).to_pylist()
+    z = torch.tensor(np.asarray(latent, dtype=np.float32)) if latent else torch.zeros(0, 0)
+    return rows, z
+
+
+def _metrics(rows: list[dict[str, Any]], model, p: EncodeParams, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"latent_size": int(np.prod(model.net.latent_shape)), "refine_steps": p.refine_steps,
+                           "probe_count": p.probe_count, "splits": {}}
+    for split in p.splits:
+        mine = [r for r in rows if r["split"] == split]
+        ran = [r for r in mine if r["behaviour_kl"] is not None]
+        s: dict[str, Any] = {"models": len(mine), "refined": len(ran) if p.refine_steps else 0}
+        if ran:
+            s["behaviour_kl_encoder_mean"] = float(np.mean([r["behaviour_kl_encoder"] for r in ran]))
+            s["behaviour_kl_mean"] = float(np.mean([r["behaviour_kl"] for r in ran]))
+        out["splits"][split] = s
+    out["seconds"] = round(seconds, 1)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
+    parser.add_argument("--model", default="model_data/models/vae.ckpt", help="trained VAE (default: %(default)s)")
+    parser.add_argument("--out", default="model_data/latents.parquet", help="latents table (default: %(default)s)")
+    parser.add_argument("--metrics", default="metrics/encode.json", help="stage metrics (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> None:
+    p = load_section(args.params, "encode", EncodeParams)
+    m = encode(p, args.shards, args.model, args.out)
+    write_json(args.metrics, m)
+    parts = [f"{s} {v['models']}" + (f" (behaviour KL {v['behaviour_kl_encoder_mean']:.3f} -> "
+                                       f"{v['behaviour_kl_mean']:.3f})" if "behaviour_kl_mean" in v else "")
+             for s, v in m["splits"].items()]
+    print(f"encode: {m['latent_size']} latent values per model; " + ", ".join(parts) + f" in {m['seconds']}s")

@@ -1,0 +1,294 @@
+"""The networks of the weight VAE: encoders and decoders over flat, standardised weight vectors.
+
+Everything enters and leaves as flat `[B, L]` (L = the longest layout, shorter ones zero-padded);
+the posterior is a `DiagonalGaussian` over `[B, *latent_shape]`. Two codecs:
+
+`LinearVAE` (`codec: linear`): an affine map each way between the weights and a flat latent, started
+as PCA of the training weights, so at step 0 the code is the coordinates along the top `latent_dim`
+principal directions and the decoder its inverse. Training moves it with the weight and behavioural
+losses. A flat affine
+decoder is what latent refinement (`weightvae.refine`) needs: every latent decodes to a network, and
+the code can be moved toward any function the span of the decoder holds.
+
+`ConvVAE` (`codec: conv`): the vector reshaped into a one-channel image `[B, 1, H, W]` so convolutions
+share parameters across it (the field's usual recipe). Image shape rule (`image_shape`): with
+`d = 2 ** (levels - 1)` (the total downsampling), `W = ceil(sqrt(L))` rounded up to a multiple of `d`,
+then `H = ceil(L / W)` rounded up to a multiple of `d`. So `H * W >= L`, the image is near square, and it
+halves cleanly at each level. The `d2nwg` preset instead maps the vector with a linear layer to a fixed
+1x64x64 image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of the VAE.
+
+    `codec="linear"`: an affine encoder and decoder between the standardised weights and a flat
+    latent of `latent_dim` values, started as PCA of the training weights (`LinearVAE`).
+    `codec="conv"`: the weight vector as an image through conv ResNet levels (`ConvVAE`), with a
+    `flat` or `spatial` latent; `preset="d2nwg"` ignores the size fields and builds the seed's
+    AutoencoderKL (linear to 4,096 -> 1x64x64, channels 128/128/256, 2 ResNet blocks per level,
+    latent 4x16x16)."""
+
+    max_len: int
+    codec: Literal["conv", "linear"] = "conv"
+    preset: Literal["small", "d2nwg"] = "small"
+    channels: tuple[int, ...] = (16, 32, 64)
+    blocks_per_level: int = 1
+    latent_dim: int = 64
+    gradient_checkpointing: bool = False
+    cond_dim: int = 0  # size of the function signature fed to the encoder beside the weights (0 = off)
+    latent: Literal["flat", "spatial"] = "flat"  # flat vector of latent_dim, or latent_channels per bottom pixel
+    latent_channels: int = 1
+
+    @staticmethod
+    def d2nwg(max_len: int) -> VAEConfig:
+        return VAEConfig(max_len=max_len, preset="d2nwg", channels=(128, 128, 256), blocks_per_level=2)
+
+
+def image_shape(length: int, levels: int) -> tuple[int, int]:
+    """Near-square `(H, W)` with `H * W >= length`, both multiples of `2 ** (levels - 1)`."""
+    d = 2 ** (levels - 1)
+    w = math.ceil(math.ceil(math.sqrt(length)) / d) * d
+    h = math.ceil(math.ceil(length / w) / d) * d
+    return h, w
+
+
+# ----------------------------------------------------------------------------- posterior
+
+
+class DiagonalGaussian:
+    """q(z|x) = N(mean, diag(std^2)); `kl()` is KL(q || N(0, I)) summed over latent dims, `[B]`."""
+
+    def __init__(self, params: Tensor):
+        self.mean, logvar = params.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def kl(self) -> Tensor:
+        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).flatten(1).sum(1)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def _norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, c // 4) if c >= 8 else 1, c)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.body = nn.Sequential(_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
+                                  _norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.body(x)
+
+
+def _run(blocks: nn.ModuleList, x: Tensor, ckpt: bool) -> Tensor:
+    for b in blocks:
+        x = checkpoint(b, x, use_reentrant=False) if ckpt and torch.is_grad_enabled() else b(x)
+    return x
+
+
+# ----------------------------------------------------------------------------- plain model
+
+
+class ConvVAE(nn.Module):
+    """Conv VAE over weight vectors. `encode`/`decode` work on flat vectors; `get_input` does the
+    reshape so callers never handle images."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch, levels = cfg.channels, len(cfg.channels)
+        if cfg.preset == "d2nwg":
+            self.image_hw = (64, 64)
+            self.proj_in = nn.Linear(cfg.max_len, 64 * 64)  # the seed's input projection
+            self.proj_out = nn.Linear(64 * 64, cfg.max_len)
+            z_channels = 4
+        else:
+            self.image_hw = image_shape(cfg.max_len, levels)
+            self.proj_in = self.proj_out = None
+        h, w = self.image_hw
+        d = 2 ** (levels - 1)
+        bottom = (ch[-1], h // d, w // d)
+
+        enc: list[nn.Module] = [nn.Conv2d(1, ch[0], 3, padding=1)]
+        c = ch[0]
+        for i, c_out in enumerate(ch):
+            for _ in range(cfg.blocks_per_level):
+                enc.append(ResBlock(c, c_out))
+                c = c_out
+            if i < levels - 1:
+                enc.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        enc += [_norm(c), nn.SiLU()]
+        self.encoder = nn.ModuleList(enc)
+
+        dec: list[nn.Module] = []
+        for i, c_out in reversed(list(enumerate(ch))):
+            for _ in range(cfg.blocks_per_level):
+                dec.append(ResBlock(c, c_out))
+                c = c_out
+            if i > 0:
+                dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+        dec += [_norm(c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1)]
+        self.decoder = nn.ModuleList(dec)
+
+        if cfg.preset == "d2nwg":  # latent is a 4 x 16 x 16 feature map
+            self.to_latent = nn.Conv2d(bottom[0], 2 * z_channels, 1)
+            self.from_latent = nn.Conv2d(z_channels, bottom[0], 1)
+            self.latent_shape: tuple[int, ...] = (z_channels, bottom[1], bottom[2])
+        else:
+            cond = min(cfg.cond_dim, 256) if cfg.cond_dim else 0
+            self.cond_proj = nn.Sequential(nn.Linear(cfg.cond_dim, cond), nn.SiLU()) if cfg.cond_dim else None
+            if cfg.latent == "spatial":  # latent_channels per pixel of the bottom feature map: no global bottleneck
+                self.to_latent = nn.Conv2d(bottom[0] + cond, 2 * cfg.latent_channels, 1)
+                self.from_latent = nn.Conv2d(cfg.latent_channels, bottom[0], 1)
+                self.latent_shape = (cfg.latent_channels, bottom[1], bottom[2])
+            else:  # a flat latent vector
+                n = math.prod(bottom)
+                self.to_latent = nn.Linear(n + cond, 2 * cfg.latent_dim)
+                self.from_latent = nn.Sequential(nn.Linear(cfg.latent_dim, n), nn.Unflatten(1, bottom))
+                self.latent_shape = (cfg.latent_dim,)
+
+    # [B, L] -> [B, 1, H, W]
+    def get_input(self, x: Tensor) -> Tensor:
+        assert x.dim() == 2 and x.shape[1] == self.cfg.max_len, \
+            f"expected flat weights [B, {self.cfg.max_len}], got {list(x.shape)}"
+        if self.proj_in is not None:
+            return self.proj_in(x).view(-1, 1, *self.image_hw)
+        h, w = self.image_hw
+        return F.pad(x, (0, h * w - x.shape[1])).view(-1, 1, h, w)
+
+    # [B, 1, H, W] -> [B, L]
+    def _to_flat(self, img: Tensor) -> Tensor:
+        flat = img.flatten(1)
+        return self.proj_out(flat) if self.proj_out is not None else flat[:, : self.cfg.max_len]
+
+    def encode(self, x: Tensor, cond: Tensor | None = None) -> DiagonalGaussian:
+        """x: flat `[B, L]` (+ cond `[B, cond_dim]`, the function signature) -> posterior over `[B, *latent_shape]`."""
+        h = _run(self.encoder, self.get_input(x), self.cfg.gradient_checkpointing)
+        if self.cfg.preset == "d2nwg":
+            return DiagonalGaussian(self.to_latent(h))
+        c = None
+        if self.cond_proj is not None:
+            assert cond is not None and cond.shape == (len(x), self.cfg.cond_dim), \
+                "encoder needs the function signature"
+            c = self.cond_proj(cond)  # [B, cond]
+        if self.cfg.latent == "spatial":
+            if c is not None:
+                h = torch.cat([h, c[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1)
+        else:
+            h = h.flatten(1) if c is None else torch.cat([h.flatten(1), c], 1)
+        return DiagonalGaussian(self.to_latent(h))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z: `[B, *latent_shape]` -> flat `[B, L]`."""
+        h = _run(self.decoder, self.from_latent(z), self.cfg.gradient_checkpointing)
+        return self._to_flat(h)
+
+    def forward(self, x: Tensor, sample_posterior: bool = True, cond: Tensor | None = None
+                ) -> tuple[Tensor, DiagonalGaussian]:
+        posterior = self.encode(x, cond)
+        z = posterior.sample() if sample_posterior else posterior.mode()
+        recon = self.decode(z)
+        assert recon.shape == x.shape, f"reconstruction {list(recon.shape)} != input {list(x.shape)}"
+        return recon, posterior
+
+
+class LinearVAE(nn.Module):
+    """Affine encoder and decoder: `[B, L] (+ cond [B, cond_dim]) -> posterior over [B, latent_dim]`,
+    `[B, latent_dim] -> [B, L]`. `init_pca` starts them as PCA of the training weights."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        cond = min(cfg.cond_dim, 256) if cfg.cond_dim else 0
+        self.cond_proj = nn.Sequential(nn.Linear(cfg.cond_dim, cond), nn.SiLU()) if cfg.cond_dim else None
+        self.to_latent = nn.Linear(cfg.max_len + cond, 2 * cfg.latent_dim)  # [mean | logvar]
+        self.from_latent = nn.Linear(cfg.latent_dim, cfg.max_len)
+        self.latent_shape: tuple[int, ...] = (cfg.latent_dim,)
+
+    @torch.no_grad()
+    def init_pca(self, x: Tensor, logvar: float = -9.0) -> None:
+        """Encoder mean = the coordinates of training vectors `x` `[N, L]` along their top `latent_dim`
+        principal directions (orthonormal rows, so a step in the code moves the weights by as much);
+        decoder = the inverse map; posterior log-variance `logvar` everywhere (a near-deterministic code to
+        start from). Directions beyond the rank of `x` are random ones orthogonal to the rest, so every
+        latent value is used."""
+        k, (_, length) = self.cfg.latent_dim, x.shape
+        x = x.double()
+        centre = x.mean(0)
+        _, s, vh = torch.linalg.svd(x - centre, full_matrices=False)  # vh [min(N, L), L]
+        basis = vh[: int(min(k, (s > 1e-6 * s[0]).sum().item()))] if len(s) else vh[:0]
+        if len(basis) < k:  # more latent values than directions the data spans
+            g = torch.Generator().manual_seed(0)
+            extra = torch.randn(k - len(basis), length, generator=g, dtype=torch.float64)
+            extra -= (extra @ basis.T) @ basis
+            basis = torch.cat([basis, torch.linalg.qr(extra.T).Q.T])
+        w = self.to_latent.weight
+        w.zero_()
+        w[:k, :length] = basis.to(w)
+        self.to_latent.bias[:k] = (-(centre @ basis.T)).to(w)
+        self.to_latent.bias[k:] = logvar
+        self.from_latent.weight.copy_(basis.T.to(w))
+        self.from_latent.bias.copy_(centre.to(w))
+
+    def get_input(self, x: Tensor) -> Tensor:
+        """The encoder's input: the flat vector itself, `[B, L]`, shape checked."""
+        assert x.dim() == 2 and x.shape[1] == self.cfg.max_len, \
+            f"expected flat weights [B, {self.cfg.max_len}], got {list(x.shape)}"
+        return x
+
+    def encode(self, x: Tensor, cond: Tensor | None = None) -> DiagonalGaussian:
+        """x: flat `[B, L]` (+ cond `[B, cond_dim]`, the function signature) -> posterior over `[B, latent_dim]`."""
+        x = self.get_input(x)
+        if self.cond_proj is not None:
+            assert cond is not None and cond.shape == (len(x), self.cfg.cond_dim), "encoder needs the function signature"
+            x = torch.cat([x, self.cond_proj(cond)], 1)
+        return DiagonalGaussian(self.to_latent(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z: `[B, latent_dim]` -> flat `[B, L]`."""
+        return self.from_latent(z)
+
+    def forward(self, x: Tensor, sample_posterior: bool = True, cond: Tensor | None = None
+                ) -> tuple[Tensor, DiagonalGaussian]:
+        posterior = self.encode(x, cond)
+        recon = self.decode(posterior.sample() if sample_posterior else posterior.mode())
+        assert recon.shape == x.shape, f"reconstruction {list(recon.shape)} != input {list(x.shape)}"
+        return recon, posterior
+
+
+def build_net(cfg: VAEConfig) -> ConvVAE | LinearVAE:
+    return LinearVAE(cfg) if cfg.codec == "linear" else ConvVAE(cfg)
+
+
+def vae_kwargs(cfg: VAEConfig) -> dict:
+    """`cfg` as plain JSON-able kwargs (what the Lightning module saves as hyperparameters)."""
+    d = asdict(cfg)
+    d["channels"] = list(d["channels"])
+    return d
