@@ -38,7 +38,8 @@ def test_behaviour_loss_is_kl_of_original_to_reconstruction():
 
 
 def test_behaviour_term_of_the_vae_is_zero_when_reconstruction_equals_original():
-    from weightvae.model import VAE, VAEConfig, vae_kwargs
+    from weightvae.model import VAE
+    from weightvae.nets import VAEConfig, vae_kwargs
 
     net = build_model("cnn")
     layout = Layout.from_state_dict(net.state_dict())

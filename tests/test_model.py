@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from weightvae.model import VAE, VAEConfig, image_shape, layerwise_mse, masked_mse, vae_kwargs
+from weightvae.losses import layerwise_mse, masked_mse
+from weightvae.model import VAE
+from weightvae.nets import VAEConfig, image_shape, vae_kwargs
 
 
 def tiny(max_len=50, n_layers=1, **loss):
@@ -76,7 +78,7 @@ def test_layerwise_loss_weights_a_small_layer_as_much_as_a_large_one():
 def test_kl_matches_torch_distributions_at_random_values():
     from torch.distributions import Independent, Normal, kl_divergence
 
-    from weightvae.model import DiagonalGaussian
+    from weightvae.nets import DiagonalGaussian
 
     g = torch.Generator().manual_seed(0)
     params = torch.randn(4, 12, generator=g, dtype=torch.float64) * 2  # mean [4, 6], logvar [4, 6]
@@ -126,3 +128,26 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         m.loss_terms(x, sample_posterior=False)["loss"].backward()
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+def test_linear_codec_starts_as_whitened_pca():
+    from weightvae.nets import LinearVAE
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g) @ torch.randn(4, 30, generator=g) + torch.randn(30, generator=g)  # rank 4
+    net = LinearVAE(VAEConfig(max_len=30, codec="linear", latent_dim=3))
+    net.init_pca(x)
+    z = net.encode(x).mode().double()
+    torch.testing.assert_close(z.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(3, dtype=torch.float64), atol=1e-4, rtol=0)  # whitened
+    xc = (x - x.mean(0)).double()
+    vh = torch.linalg.svd(xc, full_matrices=False)[2][:3]
+    torch.testing.assert_close(net.decode(z.float()).double(), xc @ vh.T @ vh + x.mean(0).double(), atol=1e-4, rtol=0)
+    assert net.encode(x).std.max() < 0.02  # a near-deterministic posterior to start from
+    # more latent values than the data has directions: the extra ones are orthogonal to the data and unit length
+    wide = LinearVAE(VAEConfig(max_len=30, codec="linear", latent_dim=6))
+    wide.init_pca(x)
+    dec = wide.from_latent.weight.double()  # [30, 6]: columns = directions x their std
+    unit = dec / dec.norm(dim=0)
+    torch.testing.assert_close(unit.T @ unit, torch.eye(6, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(xc @ unit[:, 4:], torch.zeros(300, 2, dtype=torch.float64), atol=1e-3, rtol=0)

@@ -20,9 +20,11 @@ from weightvae.tasks import get_task
 
 
 @functools.cache
-def probe_inputs(task: str, count: int, seed: int = 0) -> Tensor:
-    """`count` fixed training inputs of `task`, `[P, C, H, W]`."""
+def probe_inputs(task: str, count: int | None = None, seed: int = 0) -> Tensor:
+    """`count` fixed training inputs of `task` (None: all of them), `[P, C, H, W]`, in training-set order."""
     x = get_task(task).x_train
+    if count is None or count >= len(x):
+        return x
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:count]
     return x[idx.sort().values]
 

@@ -39,17 +39,21 @@ class EncodeParams:
     """`encode:` section of params.yaml."""
 
     splits: tuple[str, ...] = SPLITS  # reconstruct's KDE sampler needs train; probes need all three
-    refine_steps: int = 200  # Adam steps on each code (0: the encoder's mean alone)
+    refine_steps: int = 1600  # Adam steps on each code (0: the encoder's mean alone)
     refine_lr: float = 0.1  # first learning rate of the cosine schedule
-    probe_count: int = 512  # probe inputs from the task's training set the function is matched on
+    probe_count: int | None = None  # the task's training inputs the function is matched on (None: all)
+    probe_batch: int = 16  # probe inputs scored per step, visiting all of them in a seeded order
     batch_size: int = 256  # networks refined together (a code never depends on its batch)
+    seed: int = 0  # of the probe order
 
     def __post_init__(self) -> None:
         require(len(self.splits) > 0 and set(self.splits) <= set(SPLITS) and len(set(self.splits)) == len(self.splits),
                 "encode.splits", list(self.splits), f"choose distinct splits from {list(SPLITS)}")
         require(self.refine_steps >= 0, "encode.refine_steps", self.refine_steps, "need >= 0")
         require(self.refine_lr > 0, "encode.refine_lr", self.refine_lr, "need > 0")
-        require(self.probe_count >= 1, "encode.probe_count", self.probe_count, "need >= 1")
+        require(self.probe_count is None or self.probe_count >= 1, "encode.probe_count", self.probe_count,
+                "need null (every training input) or >= 1")
+        require(self.probe_batch >= 1, "encode.probe_batch", self.probe_batch, "need >= 1")
         require(self.batch_size >= 1, "encode.batch_size", self.batch_size, "need >= 1")
 
 
@@ -72,7 +76,8 @@ def encode(p: EncodeParams, shards: str | Path, model_path: str | Path, out: str
                 keys = model.batch_function_keys(batch, lids)
                 with torch.no_grad():
                     z0 = model.encode(batch).mode()
-                z, before, after = refine(model, z0, x, lids, keys, p.refine_steps, p.refine_lr, p.probe_count)
+                z, before, after = refine(model, z0, x, lids, keys, p.refine_steps, p.refine_lr, p.probe_count,
+                                          p.probe_batch, p.seed)
                 for pr, zi, b, a in zip(props, z, before.tolist(), after.tolist(), strict=True):
                     rows.append({"id": pr["id"], "split": split, "task": pr["task"], "architecture": pr["architecture"],
                                  "layout_id": pr["layout_id"], "run_id": pr["run_id"], "epoch": pr["epoch"],
@@ -110,7 +115,7 @@ def read_latents(path: str | Path, split: str | None = None) -> tuple[list[dict[
 
 def _metrics(rows: list[dict[str, Any]], model, p: EncodeParams, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {"latent_size": int(np.prod(model.net.latent_shape)), "refine_steps": p.refine_steps,
-                           "probe_count": p.probe_count, "splits": {}}
+                           "splits": {}}
     for split in p.splits:
         mine = [r for r in rows if r["split"] == split]
         ran = [r for r in mine if r["behaviour_kl"] is not None]

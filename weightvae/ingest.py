@@ -82,7 +82,7 @@ class IngestParams:
     format: Literal["auto", "weightvae", "modelzoo", "state_dict"] = "auto"
     workers: int = 2
     chunk_size: int = 512
-    canonicalize: bool = False  # sort hidden units of known architectures (function-preserving), see canonical.py
+    canonicalize: bool = True  # sort hidden units of known architectures (function-preserving), see canonical.py
     run_id_from: str = "auto"  # bare state_dicts: auto | parent | stem | a regex (see run_id_of)
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from weightvae import FORMAT_VERSION
 from weightvae.losses import layerwise_mse, masked_mse
-from weightvae.nets import DiagonalGaussian, VAEConfig, build_net, vae_kwargs  # noqa: F401 (re-exported)
+from weightvae.nets import DiagonalGaussian, VAEConfig, build_net
 
 
 @dataclass(frozen=True)
@@ -110,19 +110,17 @@ class VAE(L.LightningModule):
         `[B]` mask of the rows whose architecture and task could be run (zeros elsewhere).
         `keys`: each row's `task/layout_id` (default: the only one this model knows); `probe_count`:
         how many probe inputs (default: the training loss's)."""
-        from weightvae.behaviour import flat_logits, probe_inputs
+        from weightvae.behaviour import probe_inputs
 
         keys = list(keys) if keys is not None else self.batch_function_keys(x, layout_ids)
         valid = torch.tensor([k in self.functional for k in keys], device=x.device, dtype=torch.bool)
         if not valid.any():
             return None, valid
-        real = self.denormalize(x, layout_ids)
         out = None
         for key in sorted(set(keys) & set(self.functional)):
             rows = torch.tensor([i for i, k in enumerate(keys) if k == key], device=x.device)
-            f, layout = self.functional[key], self._layouts[key]
-            probes = probe_inputs(f["task"], probe_count or self.loss_cfg.probe_count)
-            logits = flat_logits(f["arch"], layout, real[rows, : layout.length], probes)
+            probes = probe_inputs(self.functional[key]["task"], probe_count or self.loss_cfg.probe_count)
+            logits = self.network_logits(x[rows], [layout_ids[i] for i in rows], key, probes)
             if out is None:
                 out = x.new_zeros(len(x), *logits.shape[1:])
             elif logits.shape[1:] != out.shape[1:]:
@@ -130,6 +128,14 @@ class VAE(L.LightningModule):
                                  f"{out.shape[-1]}; the behavioural term needs one class count per VAE")
             out = out.index_copy(0, rows, logits)
         return out, valid
+
+    def network_logits(self, x: Tensor, layout_ids: Sequence[str], key: str, probes: Tensor) -> Tensor:
+        """Logits `[B, P, K]` on `probes` of (normalised, flat) networks `x` `[B, L]` that share one
+        `task/layout_id` key (which says how to run them). Differentiable in `x`."""
+        from weightvae.behaviour import flat_logits
+
+        f, layout = self.functional[key], self._layouts[key]
+        return flat_logits(f["arch"], layout, self.denormalize(x, layout_ids)[:, : layout.length], probes)
 
     def _cond(self, x: Tensor, layout_ids: Sequence[str],
               keys: Sequence[str]) -> tuple[Tensor | None, Tensor | None, Tensor]:

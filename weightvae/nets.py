@@ -4,9 +4,9 @@ Everything enters and leaves as flat `[B, L]` (L = the longest layout, shorter o
 the posterior is a `DiagonalGaussian` over `[B, *latent_shape]`. Two codecs:
 
 `LinearVAE` (`codec: linear`): an affine map each way between the weights and a flat latent, started
-as PCA of the training weights, so at step 0 the code is the coordinates along the top `latent_dim`
-principal directions and the decoder its inverse. Training moves it with the weight and behavioural
-losses. A flat affine
+as whitened PCA of the training weights, so at step 0 the code is the top `latent_dim` principal
+components scaled to unit variance (the prior N(0, I) then matches where training networks land) and
+the decoder its inverse. Training moves it with the weight and behavioural losses. A flat affine
 decoder is what latent refinement (`weightvae.refine`) needs: every latent decodes to a network, and
 the code can be moved toward any function the span of the decoder holds.
 
@@ -37,7 +37,7 @@ class VAEConfig:
     """Architecture of the VAE.
 
     `codec="linear"`: an affine encoder and decoder between the standardised weights and a flat
-    latent of `latent_dim` values, started as PCA of the training weights (`LinearVAE`).
+    latent of `latent_dim` values, started as whitened PCA of the training weights (`LinearVAE`).
     `codec="conv"`: the weight vector as an image through conv ResNet levels (`ConvVAE`), with a
     `flat` or `spatial` latent; `preset="d2nwg"` ignores the size fields and builds the seed's
     AutoencoderKL (linear to 4,096 -> 1x64x64, channels 128/128/256, 2 ResNet blocks per level,
@@ -221,7 +221,7 @@ class ConvVAE(nn.Module):
 
 class LinearVAE(nn.Module):
     """Affine encoder and decoder: `[B, L] (+ cond [B, cond_dim]) -> posterior over [B, latent_dim]`,
-    `[B, latent_dim] -> [B, L]`. `init_pca` starts them as PCA of the training weights."""
+    `[B, latent_dim] -> [B, L]`. `init_pca` starts them as whitened PCA of the training weights."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -235,26 +235,30 @@ class LinearVAE(nn.Module):
     @torch.no_grad()
     def init_pca(self, x: Tensor, logvar: float = -9.0) -> None:
         """Encoder mean = the coordinates of training vectors `x` `[N, L]` along their top `latent_dim`
-        principal directions (orthonormal rows, so a step in the code moves the weights by as much);
-        decoder = the inverse map; posterior log-variance `logvar` everywhere (a near-deterministic code to
-        start from). Directions beyond the rank of `x` are random ones orthogonal to the rest, so every
-        latent value is used."""
-        k, (_, length) = self.cfg.latent_dim, x.shape
+        principal directions, each divided by its std over `x` (whitened: unit-variance codes, so the prior
+        N(0, I) matches where training networks land, and a step of the same size in any latent value moves
+        the weights in proportion to how much the zoo varies along it); decoder = the inverse map;
+        posterior log-variance `logvar` everywhere (a near-deterministic code to start from). Directions
+        beyond the rank of `x` are random ones orthogonal to the rest, with the smallest kept std."""
+        k, (n, length) = self.cfg.latent_dim, x.shape
         x = x.double()
         centre = x.mean(0)
-        _, s, vh = torch.linalg.svd(x - centre, full_matrices=False)  # vh [min(N, L), L]
-        basis = vh[: int(min(k, (s > 1e-6 * s[0]).sum().item()))] if len(s) else vh[:0]
-        if len(basis) < k:  # more latent values than directions the data spans
+        _, sv, vh = torch.linalg.svd(x - centre, full_matrices=False)  # vh [min(N, L), L]
+        std = sv / math.sqrt(max(n - 1, 1))
+        keep = int(min(k, (std > 1e-6 * std[0]).sum().item())) if len(std) else 0
+        basis, scale = vh[:keep], std[:keep]
+        if keep < k:  # more latent values than directions the data spans
             g = torch.Generator().manual_seed(0)
-            extra = torch.randn(k - len(basis), length, generator=g, dtype=torch.float64)
+            extra = torch.randn(k - keep, length, generator=g, dtype=torch.float64)
             extra -= (extra @ basis.T) @ basis
             basis = torch.cat([basis, torch.linalg.qr(extra.T).Q.T])
+            scale = torch.cat([scale, (scale[-1:] if keep else torch.ones(1, dtype=scale.dtype)).expand(k - keep)])
         w = self.to_latent.weight
         w.zero_()
-        w[:k, :length] = basis.to(w)
-        self.to_latent.bias[:k] = (-(centre @ basis.T)).to(w)
+        w[:k, :length] = (basis / scale[:, None]).to(w)
+        self.to_latent.bias[:k] = (-(centre @ basis.T) / scale).to(w)
         self.to_latent.bias[k:] = logvar
-        self.from_latent.weight.copy_(basis.T.to(w))
+        self.from_latent.weight.copy_((basis.T * scale).to(w))
         self.from_latent.bias.copy_(centre.to(w))
 
     def get_input(self, x: Tensor) -> Tensor:

@@ -1,15 +1,18 @@
 """Latent refinement: a network's code, improved until it decodes to a network that computes the same.
 
-The encoder gives a code in one pass (amortised inference); on networks of runs it never saw, that
-guess is far from the best code (the amortisation gap): with a latent 4x smaller than the network,
-held-out networks decode to about half agreement. Refinement (semi-amortised inference, Kim et al.
-2018) starts from the encoder's mean and takes `steps` Adam steps on the code alone, minimising
-KL(original || decoded) of the two networks' class distributions on `probe_count` probe inputs from
-the task's *training* set (never the test set evaluate scores on). The decoder is fixed, so the code
-stays a code of this VAE: the same latent size, decoded the same way.
+The encoder gives a code in one pass (amortised inference). On networks of runs it never saw, that
+guess is far from the best code the decoder allows (the amortisation gap): with a latent 4x smaller
+than the network, held-out networks decode to a small fraction of agreement. Refinement
+(semi-amortised inference, Kim et al. 2018) starts from the encoder's mean and takes `steps` Adam
+steps on the code alone, minimising KL(original || decoded) of the two networks' class distributions
+on the task's *training* inputs (never the test set evaluate scores on). The decoder is fixed, so the
+code stays a code of this VAE: the same latent size, decoded the same way.
 
-Each network's loss is summed, not averaged, over the batch: Adam's steps then depend on a network's
-own gradient alone, so a code does not depend on which other networks share its batch.
+Each step scores `probe_batch` of the `probe_count` probe inputs, in a seeded order that visits all
+of them before repeating: many cheap steps over every training input match the function better than
+few steps on a fixed subset (measured in the README, "A compressed latent"). Each network's loss is
+summed, not averaged, over the batch, and the probe order is the same for all: a network's code
+depends on its own weights and the decoder only, never on which other networks share its batch.
 """
 
 from __future__ import annotations
@@ -20,47 +23,50 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from weightvae.behaviour import behaviour_kl_per_network
+from weightvae.behaviour import behaviour_kl_per_network, probe_inputs
+
+
+def probe_schedule(n_probes: int, steps: int, batch: int, seed: int = 0) -> Tensor:
+    """`[steps, batch]` indices into the probes: consecutive seeded permutations, cut into batches."""
+    batch = min(batch, n_probes)
+    g = torch.Generator().manual_seed(seed)
+    need = math.ceil(steps * batch / n_probes)
+    order = torch.cat([torch.randperm(n_probes, generator=g) for _ in range(max(need, 1))])
+    return order[: steps * batch].view(steps, batch)
 
 
 def refine(model, z0: Tensor, x: Tensor, layout_ids: Sequence[str], keys: Sequence[str], steps: int, lr: float,
-           probe_count: int) -> tuple[Tensor, Tensor, Tensor]:
+           probe_count: int | None, probe_batch: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Refined codes `[B, *latent]` of the (normalised, flat) networks `x` `[B, L]`, starting at `z0`,
-    and each network's behavioural KL `[B]` before and after (NaN where the network cannot be run:
-    its code stays `z0`).
-
-    The learning rate follows a cosine from `lr` to 0 over `steps`, so the last steps settle.
-    """
+    and each network's behavioural KL on all its probes `[B]` before and after (NaN where the network
+    cannot be run: its code stays `z0`). `probe_count`: probe inputs per task (None: every training
+    input); the learning rate follows a cosine from `lr` to 0 over `steps`, so the last steps settle."""
     model.eval()
     z = z0.detach().clone()
     before = torch.full((len(x),), math.nan, dtype=torch.float64)
     after = before.clone()
-    with torch.no_grad():
-        ref, valid = model.function_logits(x, layout_ids, keys, probe_count)
-    if ref is None:
-        return z, before, after
-    rows = torch.nonzero(valid).squeeze(1)
-    sub_ids, sub_keys = [layout_ids[i] for i in rows], [keys[i] for i in rows]
-    sub_ref = ref[rows]
-    with torch.no_grad():
-        before[rows] = _kl(model, z[rows], sub_ids, sub_keys, probe_count, sub_ref).double()
-    if steps == 0:
-        after[rows] = before[rows]
-        return z, before, after
-    code = z[rows].clone().requires_grad_(True)
-    opt = torch.optim.Adam([code], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        loss = _kl(model, code, sub_ids, sub_keys, probe_count, sub_ref).sum()
-        (code.grad,) = torch.autograd.grad(loss, [code])  # the code's gradient only, none for the VAE's weights
-        opt.step()
-        sched.step()
-    with torch.no_grad():
-        z[rows] = code.detach()
-        after[rows] = _kl(model, code, sub_ids, sub_keys, probe_count, sub_ref).double()
+    for key in sorted(set(keys) & set(model.functional)):
+        rows = torch.tensor([i for i, k in enumerate(keys) if k == key])  # on the CPU, like `before`/`after`
+        ids = [layout_ids[i] for i in rows]
+        probes = probe_inputs(model.functional[key]["task"], probe_count)
+        with torch.no_grad():
+            ref = model.network_logits(x[rows], ids, key, probes)  # [b, P, K]
+            before[rows] = _kl(model, z[rows], ids, key, probes, ref).double().cpu()
+        code = z[rows].clone().requires_grad_(True)
+        if steps > 0:
+            opt = torch.optim.Adam([code], lr=lr)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+            for idx in probe_schedule(len(probes), steps, probe_batch, seed):
+                loss = _kl(model, code, ids, key, probes[idx], ref[:, idx]).sum()
+                (code.grad,) = torch.autograd.grad(loss, [code])  # the code's gradient only, none for the VAE's
+                opt.step()
+                sched.step()
+        with torch.no_grad():
+            z[rows] = code.detach()
+            after[rows] = _kl(model, z[rows], ids, key, probes, ref).double().cpu()
     return z, before, after
 
 
-def _kl(model, z: Tensor, layout_ids: Sequence[str], keys: Sequence[str], probe_count: int, ref: Tensor) -> Tensor:
-    logits, _ = model.function_logits(model.decode(z), layout_ids, keys, probe_count)
-    return behaviour_kl_per_network(ref, logits)
+def _kl(model, z: Tensor, layout_ids: Sequence[str], key: str, probes: Tensor, ref: Tensor) -> Tensor:
+    """`[b]`: KL(original || decoded) per network, mean over `probes` (`ref`: the originals' logits on them)."""
+    return behaviour_kl_per_network(ref, model.network_logits(model.decode(z), layout_ids, key, probes))

@@ -32,25 +32,25 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
 
 @dataclass(frozen=True)
 class TrainParams:
-    """`train:` section of params.yaml."""
+    """`train:` section of params.yaml; the defaults are params.yaml's (a test keeps them equal)."""
 
     codec: Literal["linear", "conv"] = "linear"
+    latent_dim: int = 426  # flat latent values per model (the linear codec, or conv with latent: flat)
     preset: Literal["small", "d2nwg"] = "small"
-    channels: tuple[int, ...] = (16, 32, 64)
+    channels: tuple[int, ...] = (16,)
     blocks_per_level: int = 1
-    latent_dim: int = 64
-    latent: Literal["flat", "spatial"] = "flat"
+    latent: Literal["flat", "spatial"] = "spatial"
     latent_channels: int = 1
     loss: Literal["layer", "mse", "l1_logvar"] = "layer"
-    kl_weight: float = 1e-4
+    kl_weight: float = 1e-5
     input_noise: float = 0.0
     latent_noise: float = 0.0
-    behaviour_weight: float = 0.0
+    behaviour_weight: float = 1.0
     probe_count: int = 128
     encoder_probes: bool = False
     normalize: bool = True
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    batch_size: int = 32
+    learning_rate: float = 1e-4
     weight_decay: float = 0.0
     max_epochs: int = 20
     seed: int = 0
@@ -98,9 +98,9 @@ class TrainParams:
 def functional_info(shards: str | Path, layouts: dict[str, Any],
                     log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """`task/layout_id` -> {"arch", "kwargs", "task", "layout"} for every (task, layout) whose
-    networks weightvae can run (a built-in or registered architecture with a batched forward, and
-    a known task). The behavioural term and the function-aware encoder need this; each group left
-    out gets one line through `log` saying why, so the term is never silently off."""
+    networks weightvae can run (a built-in architecture with a batched forward, and a known task).
+    The behavioural term, the function-aware encoder and latent refinement need this; each group left
+    out gets one line through `log` saying why, so none of them is silently off."""
     import pandas as pd
 
     from weightvae.archs import ARCHITECTURES
@@ -122,8 +122,8 @@ def functional_info(shards: str | Path, layouts: dict[str, Any],
         elif task not in TASKS:
             why = f"task {task!r} is not built in"
         if why:
-            log(f"train: behavioural term and function-aware encoder off for {task}/{arch} (layout {lid}): {why}; "
-                "its networks train on the weight loss alone")
+            log(f"train: behavioural term, function-aware encoder and latent refinement off for {task}/{arch} "
+                f"(layout {lid}): {why}; its networks train on the weight loss alone and keep the encoder's codes")
             continue
         out[function_key(task, lid)] = {"arch": arch, "kwargs": json.loads(rows.arch_kwargs.iloc[0] or "{}"),
                                         "task": task, "layout": layouts[lid]}
@@ -157,7 +157,7 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
 def initial_module(p: TrainParams, ds, layout_ids: list[str], n_layers: int,
                    functional: dict[str, dict[str, Any]] | None = None):
     """The module as training starts: built, with the train split's (`ds`) normalisation statistics,
-    and for the linear codec started as PCA of the standardised training weights."""
+    and for the linear codec started as whitened PCA of the standardised training weights."""
     model = build_module(p, ds.max_len, layout_ids, n_layers, functional)
     if p.normalize:
         model.set_normalization({lid: ds.normalization(lid) for lid in layout_ids})
@@ -175,6 +175,8 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
 
     from weightvae.data import ZooDataModule
 
+    # deterministic=True makes cuBLAS refuse to run on a GPU unless it may keep a fixed workspace
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     L.seed_everything(p.seed, workers=True)
     tasks = sorted(set(pd.read_parquet(Path(shards) / "models.parquet", columns=["task"]).task))
     require(p.dataset == "joint" or p.dataset in tasks, "train.dataset", p.dataset,
@@ -186,7 +188,7 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     layouts = json.loads((Path(shards) / "layouts.json").read_text())
     layout_ids = sorted(layouts)
     n_layers = max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
-    functional = functional_info(shards, layouts) if (p.behaviour_weight > 0 or p.encoder_probes) else {}
+    functional = functional_info(shards, layouts)  # also what latent refinement (the encode stage) runs
     model = initial_module(p, ds, layout_ids, n_layers, functional)
 
     ckpt_dir = Path(ckpt_dir)
