@@ -216,8 +216,12 @@ def check(repo: str | Path = ".", scratch: str | Path | None = None, log=print) 
     copy_clone(repo, scratch)
     locked = yaml.safe_load((scratch / "dvc.lock").read_text())
     env = _env(scratch)
-    log(f"check-repro: reproducing {repo} in {scratch} (dvc repro --force) ...")
-    _run(["dvc", "repro", "--force"], scratch, env)
+    log(f"check-repro: reproducing {repo} in {scratch} (dvc repro --force; its output follows on stderr)")
+    # the stages' own progress lines go to stderr as they come: a full repro takes minutes
+    done = subprocess.run(["dvc", "repro", "--force"], cwd=scratch, env=env, stdout=sys.stderr, stderr=sys.stderr,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"`dvc repro --force` failed in {scratch} (exit {done.returncode}); its output is above")
     return Report(compare(scratch, locked, env), scratch)
 
 
