@@ -4,8 +4,9 @@ Copies the clone's tracked files (as they are in the working tree; no DVC cache,
 a scratch folder, makes it a git repository whose one commit holds the committed `dvc.lock` and
 metrics, runs `dvc repro --force` there, and then asks DVC what changed:
 
-- `dvc status --json` against the committed `dvc.lock`: which outputs (and data deps) of each stage
-  differ from the locked hashes;
+- the reproduced `dvc.lock` against the committed one: which outputs of each stage have other hashes;
+- `dvc status --json` against the committed `dvc.lock`: which code and params of a stage changed since
+  the lock was written (then a difference is expected, not a reproducibility failure);
 - `dvc metrics diff --json`: the committed metrics against the reproduced ones, value by value.
 
 Metrics files are compared value by value: their wall times (`*seconds*`, `*per_s*` keys) differ on
@@ -68,7 +69,7 @@ class StageResult:
     outputs: list[OutputResult] = field(default_factory=list)
     metrics: list[MetricDiff] = field(default_factory=list)  # non-timing metrics that differ
     timing_only: list[str] = field(default_factory=list)  # metrics files whose only differences are wall times
-    dvc_status: list[Any] = field(default_factory=list)  # what `dvc status` said about the stage
+    changed_inputs: list[str] = field(default_factory=list)  # code/params deps that differ from dvc.lock
 
     @property
     def matches(self) -> bool:
@@ -192,7 +193,9 @@ def compare(scratch: Path, locked: dict[str, Any], env: dict[str, str] | None = 
     metrics = _metric_diffs(scratch, env)
     results = []
     for name in list(dict.fromkeys([*committed, *reproduced])):
-        res = StageResult(name, dvc_status=status.get(name, []))
+        changed = [dep for entry in status.get(name, []) if isinstance(entry, dict)
+                   for dep in entry.get("changed deps", {})]
+        res = StageResult(name, changed_inputs=[d for d in changed if d not in kinds])  # not another stage's output
         for path in list(dict.fromkeys([*committed.get(name, {}), *reproduced.get(name, {})])):
             kind = kinds.get(path, "data")
             res.outputs.append(OutputResult(path, kind, committed.get(name, {}).get(path),
@@ -251,6 +254,9 @@ def format_report(report: Report, top: int = 5) -> str:
     for s in report.stages:
         verdict = "match" if s.matches else "DIFFERS"
         lines.append(f"{s.name}: {verdict}")
+        if s.changed_inputs:
+            lines.append(f"  changed since dvc.lock (`dvc status`): {', '.join(s.changed_inputs)}"
+                         + ("" if s.matches else "; a difference is expected until dvc.lock is re-made"))
         if s.metrics:
             biggest = sorted(s.metrics, key=lambda d: -abs(d.change) if d.change is not None else -math.inf)
             for d in biggest[:top]:
