@@ -170,8 +170,7 @@ def _metric_diffs(scratch: Path, env: dict[str, str]) -> dict[str, list[MetricDi
             by_key.setdefault(key, {})[part] = v
         for key, d in sorted(by_key.items()):
             old, new = d.get("old"), d.get("new")
-            same = old == new or (_is_number(old) and _is_number(new) and math.isclose(old, new, rel_tol=0, abs_tol=0))
-            if not same:
+            if old != new:  # no tolerance: under the pinned settings every stage is bit-exact
                 diffs.setdefault(path, []).append(MetricDiff(path, key, old, new))
     return diffs
 
