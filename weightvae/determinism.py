@@ -16,7 +16,7 @@ ATEN_CPU_CAPABILITY         avx2          ATen's own kernels (sums, softmax, ele
                                           lanes at a time, AVX2 8; the default picks the widest the CPU has
 NPY_DISABLE_CPU_FEATURES    (AVX-512)     numpy's exp/log loops for AVX-512 round differently from the AVX2
                                           ones (1 ulp): the zoo's per-run learning rates are `np.exp` of a
-                                          draw, and 25 of 512 differed between an AVX-512 and an AVX2 machine
+                                          draw, and 25 of the 512 default ones differ between the two loops
 MKL_CBWR                    COMPATIBLE    MKL (matrix products) picks its code branch by CPU model and vendor;
                                           COMPATIBLE is its one branch that is the same on every x86-64
                                           CPU, Intel or not; STRICT makes it independent of the thread count
