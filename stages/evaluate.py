@@ -8,6 +8,10 @@
 import argparse
 import sys
 
+from weightvae.determinism import pin
+
+pin()  # first: torch and numpy read the pinned CPU settings once, when they load (weightvae/determinism.py)
+
 from weightvae import evaluate
 from weightvae.params import run_command
 

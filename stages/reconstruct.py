@@ -7,6 +7,10 @@
 import argparse
 import sys
 
+from weightvae.determinism import pin
+
+pin()  # first: torch and numpy read the pinned CPU settings once, when they load (weightvae/determinism.py)
+
 from weightvae import reconstruct
 from weightvae.params import run_command
 

@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from weightvae.determinism import pin
 from weightvae.params import run_command
 
 #: subcommand -> (module with `add_arguments(parser)` and `run(args)`, help)
@@ -26,19 +27,26 @@ COMMANDS = {
     "export": ("weightvae.export", "write one original, reconstructed or sampled network as .safetensors or .pt"),
     "import-legacy": ("weightvae.legacy", "convert zoo files of the seed's code (pickled modules) to the zoo schema"),
 }
+#: tools that are not stages: their `run(args)` returns the exit code
+TOOLS = {
+    "check-repro": ("weightvae.checkrepro", "reproduce the pipeline in a scratch copy and compare it with dvc.lock"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    pin()  # before any stage module imports torch or numpy
     parser = argparse.ArgumentParser(
         prog="weightvae",
         description="Generative models of neural-network weights. The first five subcommands are the stages "
                     "of dvc.yaml; export and import-legacy move networks out of and into its formats.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_) in COMMANDS.items():
+    for name, (module, help_) in {**COMMANDS, **TOOLS}.items():
         mod = importlib.import_module(module)
         mod.add_arguments(sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).split("\n\n")[0]))
     args = parser.parse_args(argv)
+    if args.command in TOOLS:
+        return importlib.import_module(TOOLS[args.command][0]).run(args)
     return run_command(args.command, importlib.import_module(COMMANDS[args.command][0]).run, args)
 
 
