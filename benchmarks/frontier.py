@@ -2,15 +2,21 @@
 
     python benchmarks/frontier.py [--run] [--ratios 1 2 4 8 16 32] [--out metrics/frontier]
 
-Each point is a DVC experiment of this repository, `dvc exp run --temp -n frontier-<r>x -S train.latent_dim=<d>`
+Each point is a DVC experiment of this repository,
+
+    dvc exp run --temp -n frontier-<r>x -S train.latent_dim=<d> -S 'encode.splits=[val,test]' -S reconstruct.n_samples=0
+
 with `d = round(learned weights / r)`: train, encode, reconstruct and evaluate rerun, nothing upstream
-(`--temp` runs it in a scratch copy of the committed code, so the workspace keeps its own params).
+(`--temp` runs it in a scratch copy of the committed code, so the workspace keeps its own params). A
+frontier point measures reconstruction only, so it encodes the val and test models (not the training
+split, which only the sampler and the probes need) and samples nothing: a fifth of the encode stage.
 `--run` runs the missing ones (one after another; each takes minutes on 2 cores), then the script reads
 every `frontier-*` experiment's `metrics/eval.json` from `dvc exp show --json` and writes
 `<out>.json` (one row per point: latent size, compression, and for `vae` and `pca` agreement,
 fidelity gain vs the oracle substitute, retention and R^2, beside the substitutes) and `<out>.png`
 (agreement and fidelity gain against compression, the substitutes as horizontal lines).
-Without `--run` it only collects what is there. Prints the JSON.
+The workspace's own results (the default params.yaml after `dvc repro`) stand for the point at its
+`train.latent_dim`. Without `--run` it only collects what is there. Prints the JSON.
 """
 
 import argparse
@@ -20,6 +26,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: what every frontier point changes besides the latent size: reconstruction only, no training-split codes
+POINT = ("-S", "encode.splits=[val,test]", "-S", "reconstruct.n_samples=0")
 
 
 def _dvc(*args: str) -> str:
@@ -29,14 +37,23 @@ def _dvc(*args: str) -> str:
     return res.stdout
 
 
+def _eval(node: dict) -> dict | None:
+    return ((node["data"].get("metrics") or {}).get("metrics/eval.json") or {}).get("data")
+
+
 def _experiments(shown) -> dict[str, dict]:
-    """name -> metrics/eval.json of every named experiment in `dvc exp show --json` output."""
+    """name -> metrics/eval.json of every named experiment in `dvc exp show --json` output; the
+    workspace's under `workspace:<train.latent_dim>` (the default params.yaml is one frontier point)."""
     out = {}
+    for rev in shown:
+        if rev.get("rev") == "workspace" and isinstance(rev.get("data"), dict) and _eval(rev):
+            dim = rev["data"]["params"]["params.yaml"]["data"]["train"]["latent_dim"]
+            out[f"workspace:{dim}"] = _eval(rev)
 
     def walk(node, inside=False):
         if isinstance(node, dict):
             if inside and node.get("name") and isinstance(node.get("data"), dict):
-                m = ((node["data"].get("metrics") or {}).get("metrics/eval.json") or {}).get("data")
+                m = _eval(node)
                 if m:
                     out[node["name"]] = m
             for k, v in node.items():
@@ -98,11 +115,14 @@ def main() -> None:
     args = ap.parse_args()
     names = {f"frontier-{r:g}x": max(1, round(args.weights / r)) for r in args.ratios}
     have = _experiments(json.loads(_dvc("exp", "show", "--json")))
+    for name, dim in names.items():  # the workspace's own run is the point at its latent size
+        if name not in have and f"workspace:{dim}" in have:
+            have[name] = have[f"workspace:{dim}"]
     if args.run:
         for name, dim in names.items():
             if name not in have:
                 print(f"running {name}: train.latent_dim={dim}", file=sys.stderr, flush=True)
-                _dvc("exp", "run", "--temp", "-n", name, "-S", f"train.latent_dim={dim}")
+                _dvc("exp", "run", "--temp", "-n", name, "-S", f"train.latent_dim={dim}", *POINT)
         have = _experiments(json.loads(_dvc("exp", "show", "--json")))
     rows = [_point(n, have[n]) for n in names if n in have]
     missing = [n for n in names if n not in have]

@@ -63,7 +63,6 @@ def encode(p: EncodeParams, shards: str | Path, model_path: str | Path, out: str
     from weightvae.model import VAE
     from weightvae.refine import refine
 
-    torch.manual_seed(0)  # nothing here draws at random; this pins it should anything start to
     t0 = time.perf_counter()
     model = VAE.from_export(str(model_path))
     rows: list[dict[str, Any]] = []
