@@ -20,12 +20,13 @@ from weightvae import checkrepro
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-STAGES = ["zoo", "ingest", "train", "encode", "reconstruct", "evaluate"]
+STAGES = ["zoo", "ingest", "train", "encode", "reconstruct", "evaluate", "probe"]
 TINY = {
     "zoo": {"architectures": {"cnn": 24}, "epochs": 1, "save_epochs": [1], "group_size": 24},
     "train": {"latent_dim": 8, "max_epochs": 1, "batch_size": 16, "probe_count": 16},
     "encode": {"refine_steps": 5, "probe_count": 32},
     "reconstruct": {"n_samples": 2},
+    "probe": {"gbt_max_iter": 10},
 }
 
 
@@ -93,7 +94,7 @@ def test_a_changed_hash_in_the_lock_is_reported_and_fails(planted):
     assert "reconstruct: DIFFERS" in out.stdout
     for stage in ("zoo", "ingest", "train", "evaluate"):
         assert f"{stage}: match" in out.stdout
-    assert "1 of 6 stages differ from dvc.lock" in out.stdout
+    assert "1 of 7 stages differ from dvc.lock" in out.stdout
     # wall times differ from run to run and are reported apart, never as a mismatch
     assert "match (wall times differ only)" in next(line for line in out.stdout.splitlines() if "zoo.json" in line)
     assert "changed since dvc.lock" not in out.stdout  # same code and params: a real difference, not an expected one
@@ -124,7 +125,7 @@ def test_a_changed_committed_metric_is_reported_with_its_difference(planted, loc
     assert diff.change == pytest.approx(0.25)
     text = checkrepro.format_report(checkrepro.Report(list(stages.values()), scratch))
     assert "metrics/eval.json vae.agreement:" in text and "(+0.25)" in text
-    assert "1 of 6 stages differ from dvc.lock" in text
+    assert "1 of 7 stages differ from dvc.lock" in text
 
 
 def test_refuses_a_clone_without_a_lock_and_a_busy_scratch(tmp_path):

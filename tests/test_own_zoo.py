@@ -1,6 +1,6 @@
 """Bring your own zoo, as a new user would: a Model Zoos-layout folder of a CNN that weightvae cannot
-run (no registered builder), through `dvc repro` from ingest to evaluate. Every output dvc.yaml
-declares must exist, with weight-space metrics and plots that say why functional ones are missing."""
+run (no registered builder), through `dvc repro` from ingest to evaluate, then probe. Every output
+dvc.yaml declares must exist, with weight-space metrics and plots that say why functional ones are missing."""
 
 import json
 
@@ -56,3 +56,15 @@ def test_a_zoo_of_an_unknown_architecture_goes_through_the_whole_pipeline(tmp_pa
     assert g["compression_ratio"] == pytest.approx(2464 / g["latent_size"])
     assert matplotlib.image.imread(repo / "metrics/plots/accuracy_scatter.png").shape[0] > 100
     assert "up to date" in _sh(["dvc", "status", "evaluate"], repo)
+
+    # the probes: result.json's accuracies (0.1 x epoch, so no generalisation gap) and params.json's numbers
+    out = _sh(["dvc", "repro", "probe"], repo)
+    assert "Running stage 'probe'" in out and "Running stage 'train'" not in out
+    assert "probe: unknown/unknown: seed: skipped, a random seed: there is no property to read off" in out
+    assert "probe: unknown/unknown: gen_gap: skipped, constant (0) on the training split" in out
+    for path in ["metrics/probe.json", "metrics/probe_models.csv", "metrics/plots/probe_r2.png"]:
+        assert (repo / path).exists(), path
+    probe = json.loads((repo / "metrics/probe.json").read_text())["groups"]["unknown/unknown"]
+    assert sorted(probe["targets"]) == ["epoch", "optim::lr", "test_acc", "train_acc"]
+    assert probe["features"] == {"latent": g["latent_size"], "W": 2464, "sW": 5 * 2 * 7, "pca": g["latent_size"]}
+    assert "up to date" in _sh(["dvc", "status", "probe"], repo)

@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["zoo", "ingest", "train", "encode", "reconstruct", "evaluate"]
+STAGES = ["zoo", "ingest", "train", "encode", "reconstruct", "evaluate", "probe"]
 
 
 def _sh(cmd: list[str], cwd: Path) -> str:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, env=env)
     assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout + out.stderr
 
@@ -46,9 +46,10 @@ def _results(repo: Path) -> tuple[dict, dict]:
     hashes = {f"{s}:{o['path']}": o["md5"] for s, st in lock.items() for o in st.get("outs", [])
               if not o["path"].startswith("metrics/")}
     metrics = {p: _without_timings(json.loads((repo / p).read_text()))
-               for p in ["metrics/zoo.json", "metrics/ingest.json", "metrics/encode.json", "metrics/eval.json",
-                         "metrics/train/metrics.json"]}
-    metrics["metrics/eval_models.csv"] = (repo / "metrics/eval_models.csv").read_text()
+               for p in ["metrics/zoo.json", "metrics/ingest.json", "metrics/eval.json", "metrics/train/metrics.json",
+                         "metrics/encode.json", "metrics/probe.json"]}
+    for p in ("metrics/eval_models.csv", "metrics/probe_models.csv"):
+        metrics[p] = (repo / p).read_text()
     return hashes, metrics
 
 
@@ -85,8 +86,15 @@ def test_pipeline_runs_and_writes_every_output(repo):
     for path in ["model_data/weights", "model_data/shards/models.parquet", "model_data/models/vae.ckpt",
                  "model_data/latents.parquet", "metrics/encode.json", "metrics/eval.json", "metrics/eval_models.csv",
                  "metrics/plots/accuracy_scatter.png", "metrics/plots/layer_r2.png",
-                 "metrics/plots/accuracy_histograms.png", "metrics/plots/training_curves.png"]:
+                 "metrics/plots/accuracy_histograms.png", "metrics/plots/training_curves.png",
+                 "metrics/probe.json", "metrics/probe_models.csv", "metrics/plots/probe_r2.png"]:
         assert (repo / path).exists(), path
+    probe = json.loads((repo / "metrics/probe.json").read_text())["groups"]["digits/cnn"]
+    assert {"test_acc", "train_acc", "gen_gap", "epoch", "lr", "weight_decay", "dropout", "label_noise"} \
+        <= set(probe["targets"])
+    assert set(probe["targets"]["test_acc"]["latent"]) == {"ridge", "gbt"}
+    assert {"batch_size: skipped, constant (32) on the training split",
+            "epochs: skipped, constant (2) on the training split"} <= set(probe["skipped"])
     head = json.loads((repo / "metrics/eval.json").read_text())
     for method in ("vae", "mean", "nearest_train", "oracle_train", "random_train", "noise_0.1"):
         assert {"retention", "agreement", "r2"} <= set(head[method]), method
@@ -108,7 +116,7 @@ def test_second_repro_does_nothing_and_forced_rerun_reproduces_exactly(repo):
 def test_changing_a_train_param_reruns_exactly_the_downstream_stages(repo):
     out = _sh(["dvc", "exp", "run", "-S", "train.batch_size=8"], repo)
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
-    assert ran == {"train", "encode", "reconstruct", "evaluate"}, out[-2000:]
+    assert ran == {"train", "encode", "reconstruct", "evaluate", "probe"}, out[-2000:]
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True,
                                       check=True).stdout)
     base = [rev for rev in shown if rev.get("rev") != "workspace"]  # the commit the experiment is based on

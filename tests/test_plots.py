@@ -3,7 +3,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from weightvae.plots import accuracy_histograms, accuracy_scatter, layer_r2_bars, message, training_curves
+from weightvae.plots import (
+    accuracy_histograms,
+    accuracy_scatter,
+    layer_r2_bars,
+    message,
+    probe_r2_heatmap,
+    training_curves,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -98,3 +105,19 @@ def test_message_stands_in_for_an_empty_plot(tmp_path):
     check_png(path)
     dark = (matplotlib.image.imread(path)[..., :3].max(-1) < 0.3).sum()
     assert dark > 200  # the title and the reason are written on it
+
+
+def test_probe_r2_heatmap_colours_cells_by_r2_and_floors_negative_ones(tmp_path):
+    from matplotlib import colormaps
+
+    viridis = colormaps["viridis"]
+    path = tmp_path / "probe.png"
+    r2 = {"test_acc": {"latent ridge": 1.0, "W ridge": -3.0}, "epoch": {"latent ridge": 1.0}}  # a blank cell
+    probe_r2_heatmap(r2, path, columns=["latent ridge", "W ridge"])
+    check_png(path)
+    top = np.array(viridis(1.0)[:3])
+    bottom = np.array(viridis(0.0)[:3])
+    # two cells at R² 1, one (R² -3) drawn as 0: twice the area (less the labels), the blank cell neither
+    assert pixels(path, bottom) > 500 and 1.8 < pixels(path, top) / pixels(path, bottom) < 2.2
+    probe_r2_heatmap({"test_acc": {"latent ridge": 0.0}}, path)
+    assert pixels(path, top) == 0 and pixels(path, bottom) > 500

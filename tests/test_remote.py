@@ -28,7 +28,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["zoo", "ingest", "train", "encode", "reconstruct", "evaluate"]
+STAGES = ["zoo", "ingest", "train", "encode", "reconstruct", "evaluate", "probe"]
 BUCKET = "weightvae-remote"
 REMOTE = f"s3://{BUCKET}/store"
 #: IAM requests moto answers before it starts checking credentials: exactly those of `_bootstrap`.

@@ -21,9 +21,10 @@ COMMANDS = {
     "ingest": ("weightvae.ingest", "zoo folder -> Parquet + tensor shards with leak-free splits (`ingest:`)"),
     "train": ("weightvae.train", "train the weight VAE with Lightning (`train:`)"),
     "encode": ("weightvae.encode", "every model to its latent code, refined against its function (`encode:`)"),
-    "reconstruct": ("weightvae.reconstruct", "decode val/test models from their codes, sample new ones "
-                                             "(`reconstruct:`)"),
+    "reconstruct": ("weightvae.reconstruct", ("decode val/test models from their codes, sample new ones "
+                                              "(`reconstruct:`)")),
     "evaluate": ("weightvae.evaluate", "evaluate reconstructions and samples as networks (`evaluate:`)"),
+    "probe": ("weightvae.probe", "read accuracy, epoch and hyperparameters off latents and baselines (`probe:`)"),
     "export": ("weightvae.export", "write one original, reconstructed or sampled network as .safetensors or .pt"),
     "import-legacy": ("weightvae.legacy", "convert zoo files of the seed's code (pickled modules) to the zoo schema"),
 }
@@ -37,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin()  # before any stage module imports torch or numpy
     parser = argparse.ArgumentParser(
         prog="weightvae",
-        description="Generative models of neural-network weights. The first five subcommands are the stages "
+        description="Generative models of neural-network weights. The first seven subcommands are the stages "
                     "of dvc.yaml; export and import-legacy move networks out of and into its formats.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -165,23 +165,30 @@ def noise_baseline(test: Tensor, scale: Tensor, amplitude: float, generator: tor
     return test + amplitude * scale.to(test.dtype) * noise
 
 
-def pca_baseline(test: Tensor, train: Tensor, mean: Tensor, scale: Tensor, k: int) -> Tensor:
-    """Each test model projected onto the top-`k` principal components of the per-layer
-    standardised training models and back: the linear code of `k` values per model. `[M, L]`.
-
-    `mean`, `scale` `[L]`: the per-layer standardisation (`weightvae.standardize.from_weights`).
-    Components come from an SVD in float64 of the centred training matrix; with `k` at or above
-    its rank the projection keeps every direction the training models span.
-    """
+def pca_fit(train: Tensor, mean: Tensor, scale: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The top-`k` principal components of the per-layer standardised training models `[T, L]`:
+    (centre `[L]`, basis `[k, L]`), float64. `mean`, `scale` `[L]`: the per-layer standardisation
+    (`weightvae.standardize.from_weights`). Components come from an SVD of the centred training matrix;
+    with `k` at or above its rank the basis keeps every direction the training models span."""
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    mean, scale = mean.double(), scale.double()
-    z = (train.double() - mean) / scale
+    z = (train.double() - mean.double()) / scale.double()
     centre = z.mean(0)
     _, _, vh = torch.linalg.svd(z - centre, full_matrices=False)
-    basis = vh[:k]  # [k, L]
-    codes = ((test.double() - mean) / scale - centre) @ basis.T  # [M, k]
-    return ((codes @ basis + centre) * scale + mean).to(test.dtype)
+    return centre, vh[:k]
+
+
+def pca_codes(x: Tensor, mean: Tensor, scale: Tensor, centre: Tensor, basis: Tensor) -> Tensor:
+    """The PCA code `[M, k]` (float64) of models `x` `[M, L]`, with a `pca_fit` (centre, basis)."""
+    return ((x.double() - mean.double()) / scale.double() - centre) @ basis.T
+
+
+def pca_baseline(test: Tensor, train: Tensor, mean: Tensor, scale: Tensor, k: int) -> Tensor:
+    """Each test model projected onto the top-`k` principal components of the per-layer
+    standardised training models and back (`pca_fit`): the linear code of `k` values per model. `[M, L]`."""
+    centre, basis = pca_fit(train, mean, scale, k)
+    codes = pca_codes(test, mean, scale, centre, basis)  # [M, k]
+    return ((codes @ basis + centre) * scale.double() + mean.double()).to(test.dtype)
 
 
 def random_train_indices(test_meta: pd.DataFrame, train_meta: pd.DataFrame, generator: torch.Generator) -> Tensor:

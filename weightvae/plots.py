@@ -146,3 +146,24 @@ def message(path: str | os.PathLike, title: str, text: str) -> None:
     ax.set_title(title)
     ax.text(0.5, 0.5, textwrap.fill(text, 80), ha="center", va="center", fontsize="small", wrap=True)
     _save(fig, path)
+
+
+def probe_r2_heatmap(r2: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
+                     columns: Sequence[str] | None = None, title: str = "Probes: R² on the test split") -> None:
+    """A table of R² as coloured cells, `{row (target): {column (representation and probe): r2}}`, each
+    cell labelled with its value. Colours run over [0, 1]: a negative R² (worse than predicting the
+    mean) is drawn as 0 but keeps its true value in the label; a missing cell stays blank."""
+    rows = list(r2)
+    if columns is None:
+        columns = list(dict.fromkeys(c for r in rows for c in r2[r]))
+    values = np.array([[r2[r].get(c, np.nan) for c in columns] for r in rows], dtype=float)
+    fig, ax = _figure((max(5.0, 2.2 + 1.05 * len(columns)), max(2.5, 1.4 + 0.42 * len(rows))))
+    ax.imshow(np.ma.masked_invalid(np.clip(values, 0.0, 1.0)), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize="small",
+                    color="black" if v > 0.6 else "white")
+    ax.set_xticks(np.arange(len(columns)), labels=list(columns), rotation=30, ha="right")
+    ax.set_yticks(np.arange(len(rows)), labels=rows)
+    ax.set_title(title)
+    _save(fig, path)
