@@ -85,10 +85,12 @@ def _bootstrap(url: str) -> dict[str, str]:
 
 
 def _env(tmp: Path, credentials: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    # no AWS settings of the machine's, and no proxy: a proxy between the client and the localhost server (a CI
+    # machine may set one for the package registries) rewrites requests, and S3 then rejects their signatures
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
     return {**env, **credentials, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1", "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_CONFIG_FILE": str(tmp / "no-aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-creds"),
-            "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "2", "NO_PROXY": "127.0.0.1,localhost",
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "2", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
             "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@weightvae", "GIT_COMMITTER_NAME": "ci",
             "GIT_COMMITTER_EMAIL": "ci@weightvae"}
 
@@ -141,6 +143,17 @@ def _errors(text: str) -> list[str]:
     errors = [line for line in text.splitlines() if line.startswith("ERROR:")]
     print("\n".join(errors))  # shown with pytest -s: the lines the README quotes
     return errors
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_proxy():
+    """This process's own requests to the server (boto3, urllib) bypass any proxy of the machine's, as `_env`'s."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k in [k for k in os.environ if "proxy" in k.lower()]:
+            mp.delenv(k)
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        mp.setenv("no_proxy", "127.0.0.1,localhost")
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """`weightvae export ID --out FILE`: one network, by id, as a file that code without weightvae loads.
 
-The id names an original (a row of the shards' `models.parquet`, e.g. `digits-cnn-0007/e004`), its
+The id names an original (a row of the shards' `models.parquet`, e.g. `digits-cnn-0007/e004`, as ingest
+stored it: with `ingest.canonicalize` a known architecture's hidden units are in canonical order, the
+zoo file's function with its units sorted), its
 reconstruction (`--kind reconstruction`; a reconstruction shares its original's id) or a sampled
 network (`sample-digits-cnn-<layout>-0003`; found without `--kind`). The file holds the network's
 state_dict and its properties: as a `.safetensors` file (tensors + string metadata,
