@@ -4,12 +4,13 @@
 
 Each point is a DVC experiment of this repository,
 
-    dvc exp run --temp -n frontier-<r>x -S train.latent_dim=<d> -S 'encode.splits=[val,test]' -S reconstruct.n_samples=0
+    dvc exp run --temp -n frontier-<r>x -S train.latent_dim=<d> -S 'encode.splits=[val,test]' -S reconstruct.n_samples=0 evaluate
 
 with `d = round(learned weights / r)`: train, encode, reconstruct and evaluate rerun, nothing upstream
 (`--temp` runs it in a scratch copy of the committed code, so the workspace keeps its own params). A
 frontier point measures reconstruction only, so it encodes the val and test models (not the training
-split, which only the sampler and the probes need) and samples nothing: a fifth of the encode stage.
+split, which only the sampler and the probes need) and samples nothing: a fifth of the encode stage;
+the target `evaluate` leaves the probe stage (which needs training-split codes) out.
 `--run` runs the missing ones (one after another; each takes minutes on 2 cores), then the script reads
 every `frontier-*` experiment's `metrics/eval.json` from `dvc exp show --json` and writes
 `<out>.json` (one row per point: latent size, compression, and for `vae` and `pca` agreement,
@@ -122,7 +123,7 @@ def main() -> None:
         for name, dim in names.items():
             if name not in have:
                 print(f"running {name}: train.latent_dim={dim}", file=sys.stderr, flush=True)
-                _dvc("exp", "run", "--temp", "-n", name, "-S", f"train.latent_dim={dim}", *POINT)
+                _dvc("exp", "run", "--temp", "-n", name, "-S", f"train.latent_dim={dim}", *POINT, "evaluate")
         have = _experiments(json.loads(_dvc("exp", "show", "--json")))
     rows = [_point(n, have[n]) for n in names if n in have]
     missing = [n for n in names if n not in have]
