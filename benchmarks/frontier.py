@@ -101,10 +101,22 @@ def plot(rows: list[dict], path: Path) -> None:
             title="Fidelity gain (1: identical predictions)")
     for ax in (ax1, ax2):
         ax.set_xticks(x, [f"{v:.0f}x" if v >= 1.5 else f"{v:.2f}x" for v in x])
+        ax.set_xticks([], minor=True)  # no log-scale minor labels under the points
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+
+
+def _collect(names: dict[str, int]) -> dict[str, dict]:
+    """name -> metrics/eval.json of each finished point; the workspace's own run stands for the point at its
+    latent size, and an entry whose latent size is not its point's (an experiment still running shows its
+    baseline's metrics) is left out."""
+    have = _experiments(json.loads(_dvc("exp", "show", "--json")))
+    for name, dim in names.items():
+        if name not in have and f"workspace:{dim}" in have:
+            have[name] = have[f"workspace:{dim}"]
+    return {n: m for n, m in have.items() if n in names and m.get("latent_size") == names[n]}
 
 
 def main() -> None:
@@ -115,16 +127,13 @@ def main() -> None:
     ap.add_argument("--out", default="metrics/frontier", help="output stem: <out>.json and <out>.png")
     args = ap.parse_args()
     names = {f"frontier-{r:g}x": max(1, round(args.weights / r)) for r in args.ratios}
-    have = _experiments(json.loads(_dvc("exp", "show", "--json")))
-    for name, dim in names.items():  # the workspace's own run is the point at its latent size
-        if name not in have and f"workspace:{dim}" in have:
-            have[name] = have[f"workspace:{dim}"]
+    have = _collect(names)
     if args.run:
         for name, dim in names.items():
             if name not in have:
                 print(f"running {name}: train.latent_dim={dim}", file=sys.stderr, flush=True)
                 _dvc("exp", "run", "--temp", "-n", name, "-S", f"train.latent_dim={dim}", *POINT, "evaluate")
-        have = _experiments(json.loads(_dvc("exp", "show", "--json")))
+        have = _collect(names)
     rows = [_point(n, have[n]) for n in names if n in have]
     missing = [n for n in names if n not in have]
     if rows:
