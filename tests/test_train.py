@@ -14,9 +14,11 @@ import yaml
 
 from weightvae import FORMAT_VERSION, canonical
 from weightvae.data import SPLITS, ZooDataModule, ZooDataset
+from weightvae.encode import EncodeParams, encode, read_latents
 from weightvae.ingest import IngestParams, ingest
 from weightvae.model import VAE
 from weightvae.params import ParamsError, load_section, run_command
+from weightvae.reconstruct import ReconstructParams, reconstruct
 from weightvae.train import TrainParams, build_module, run, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,5 +260,18 @@ def test_the_conv_codec_trains_and_exports_too(shards, tmp_path):
     out = fit(tiny(codec="conv", channels=[4], latent="spatial", max_epochs=1), shards, tmp_path)[0]
     model = VAE.from_export(str(out))
     assert model.cfg.codec == "conv" and model.net.latent_shape == (1, 49, 50)  # 2,410 weights as a 49x50 image
+    # the latents table stores codes flat: encode -> reconstruct (decoding them and sampling around them) works
+    encode(EncodeParams(refine_steps=2, probe_count=8), shards, out, tmp_path / "latents.parquet")
+    reconstruct(ReconstructParams(n_samples=2), shards, out, tmp_path / "latents.parquet", tmp_path / "recon")
+    rows, z = read_latents(tmp_path / "latents.parquet", "test")
+    assert z.shape == (len(rows), 49 * 50)
+    ds = ZooDataset(shards, "test")
+    props = {item["model_properties"]["id"]: item["model_properties"] for item in (ds[i] for i in range(len(ds)))}
+    for r, code in zip(rows, z):
+        rec = torch.load(tmp_path / "recon" / "test" / (r["id"].replace("/", "__") + ".pt"), weights_only=True)
+        want = model.reconstruct_to_model_weights(model.decode(code.view(1, 1, 49, 50)), [props[r["id"]]])[0]
+        for k, v in want.items():  # decoded alone vs in reconstruct's batch: float rounding only
+            torch.testing.assert_close(rec["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=f"{r['id']} {k}")
+    assert len(list((tmp_path / "recon" / "samples").glob("*.pt"))) >= 2
     with pytest.raises(ParamsError, match="train.preset: 'd2nwg' is not allowed; the d2nwg preset is a conv codec"):
         tiny(preset="d2nwg")

@@ -119,6 +119,9 @@ def _metrics(rows: list[dict[str, Any]], model, p: EncodeParams, seconds: float)
         mine = [r for r in rows if r["split"] == split]
         ran = [r for r in mine if r["behaviour_kl"] is not None]
         s: dict[str, Any] = {"models": len(mine), "refined": len(ran) if p.refine_steps else 0}
+        kept = sorted({f"{r['task']}/{r['architecture']}" for r in mine if r["behaviour_kl"] is None})
+        if kept:
+            s["unrefined_groups"] = kept  # weightvae cannot run them: they keep the encoder's code
         if ran:
             s["behaviour_kl_encoder_mean"] = float(np.mean([r["behaviour_kl_encoder"] for r in ran]))
             s["behaviour_kl_mean"] = float(np.mean([r["behaviour_kl"] for r in ran]))
@@ -143,3 +146,7 @@ def run(args: argparse.Namespace) -> None:
                                        f"{v['behaviour_kl_mean']:.3f})" if "behaviour_kl_mean" in v else "")
              for s, v in m["splits"].items()]
     print(f"encode: {m['latent_size']} latent values per model; " + ", ".join(parts) + f" in {m['seconds']}s")
+    kept = sorted({g for v in m["splits"].values() for g in v.get("unrefined_groups", [])})
+    if kept and p.refine_steps:
+        print(f"encode: {', '.join(kept)}: not refined, weightvae cannot run the architecture (no batched forward); "
+              "these networks keep the encoder's code")

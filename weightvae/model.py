@@ -159,7 +159,8 @@ class VAE(L.LightningModule):
         return self.net.encode(x, cond)
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.net.decode(z)
+        """Codes `[B, *latent_shape]`, or flat `[B, latent values]` as the latents table stores them -> `[B, L]`."""
+        return self.net.decode(z.reshape(len(z), *self.net.latent_shape))
 
     def forward(self, batch: Mapping[str, Any] | Tensor, sample_posterior: bool = True):
         """-> (inputs `[B, L]`, reconstructions `[B, L]`, posterior[, model_properties])."""
