@@ -12,8 +12,8 @@ frontier point measures reconstruction only, so it encodes the val and test mode
 split, which only the sampler and the probes need) and samples nothing: a fifth of the encode stage;
 the target `evaluate` leaves the probe stage (which needs training-split codes) out.
 `--run` runs the missing ones (one after another; each takes minutes on 2 cores), then the script reads
-every `frontier-*` experiment's `metrics/eval.json` from `dvc exp show --json` and writes
-`<out>.json` (one row per point: latent size, compression, and for `vae` and `pca` agreement,
+every `frontier-*` experiment's `metrics/eval.json` from `dvc exp show --json --all-commits` (of any
+commit; the newest run of a name wins) and writes `<out>.json` (one row per point: latent size, compression, and for `vae` and `pca` agreement,
 fidelity gain vs the oracle substitute, retention and R^2, beside the substitutes) and `<out>.png`
 (agreement and fidelity gain against compression, the substitutes as horizontal lines).
 The workspace's own results (the default params.yaml after `dvc repro`) stand for the point at its
@@ -56,7 +56,7 @@ def _experiments(shown) -> dict[str, dict]:
             if inside and node.get("name") and isinstance(node.get("data"), dict):
                 m = _eval(node)
                 if m:
-                    out[node["name"]] = m
+                    out.setdefault(node["name"], m)  # newest commit first: its run wins
             for k, v in node.items():
                 walk(v, inside or k == "experiments")
         elif isinstance(node, list):
@@ -112,7 +112,7 @@ def _collect(names: dict[str, int]) -> dict[str, dict]:
     """name -> metrics/eval.json of each finished point; the workspace's own run stands for the point at its
     latent size, and an entry whose latent size is not its point's (an experiment still running shows its
     baseline's metrics) is left out."""
-    have = _experiments(json.loads(_dvc("exp", "show", "--json")))
+    have = _experiments(json.loads(_dvc("exp", "show", "--json", "--all-commits")))
     for name, dim in names.items():
         if name not in have and f"workspace:{dim}" in have:
             have[name] = have[f"workspace:{dim}"]
