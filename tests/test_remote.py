@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["zoo", "ingest", "train", "encode", "reconstruct", "evaluate", "probe"]
 BUCKET = "weightvae-remote"
 REMOTE = f"s3://{BUCKET}/store"
+#: the machine's proxy settings (names only), which the test clears (`_env`, `_no_proxy`); named in failures
+MACHINE_PROXY_VARS = sorted(k for k in os.environ if "proxy" in k.lower())
 #: IAM requests moto answers before it starts checking credentials: exactly those of `_bootstrap`.
 BOOTSTRAP_ACTIONS = 4
 
@@ -90,7 +92,8 @@ def _env(tmp: Path, credentials: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
     return {**env, **credentials, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1", "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_CONFIG_FILE": str(tmp / "no-aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-creds"),
-            "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "2", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "2",
+            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
             "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@weightvae", "GIT_COMMITTER_NAME": "ci",
             "GIT_COMMITTER_EMAIL": "ci@weightvae"}
 
@@ -107,7 +110,8 @@ class World:
         out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=self.env, check=False)
         text = out.stdout + out.stderr
         if ok:
-            assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{text[-4000:]}"
+            assert out.returncode == 0, (f"{' '.join(cmd)} failed (proxy variables cleared: {MACHINE_PROXY_VARS}):\n"
+                                         f"{text[-4000:]}")
         else:
             assert out.returncode != 0, f"{' '.join(cmd)} should have failed:\n{text[-4000:]}"
         return text
