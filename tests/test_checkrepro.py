@@ -72,14 +72,20 @@ def locked(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def planted(locked, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, str]:
     """`weightvae check-repro` on a clone of `locked` whose dvc.lock has one output hash changed (uncommitted,
-    as a user's edit): (its result, its scratch folder, the planted hash)."""
+    as a user's edit): (its result, its scratch folder, the planted hash). The zoo's metrics get another wall
+    time (and their lock hash another value), so that they differ in a wall time only, whatever the repro takes."""
     clone = tmp_path_factory.mktemp("planted") / "clone"
     shutil.copytree(locked, clone, ignore=lambda d, names: ["cache", "tmp"] if Path(d).name == ".dvc" else [])
     lock = (clone / "dvc.lock").read_text()
-    recon = yaml.safe_load(lock)["stages"]["reconstruct"]["outs"][0]
+    stages = yaml.safe_load(lock)["stages"]
+    recon = stages["reconstruct"]["outs"][0]
     assert recon["path"] == "model_data/reconstructions"
     fake = "f" * 32 + ".dir"
-    (clone / "dvc.lock").write_text(lock.replace(recon["md5"], fake))
+    zoo_metrics = next(o for o in stages["zoo"]["outs"] if o["path"] == "metrics/zoo.json")
+    (clone / "dvc.lock").write_text(lock.replace(recon["md5"], fake).replace(zoo_metrics["md5"], "e" * 32))
+    zoo = json.loads((clone / "metrics/zoo.json").read_text())
+    zoo["build_seconds"] += 1000.0
+    (clone / "metrics/zoo.json").write_text(json.dumps(zoo, indent=2))
     scratch = clone.parent / "scratch"
     out = _sh([sys.executable, "-m", "weightvae.cli", "check-repro", "--repo", str(clone), "--scratch", str(scratch)],
               clone, ok=False)
@@ -95,7 +101,7 @@ def test_a_changed_hash_in_the_lock_is_reported_and_fails(planted):
     for stage in ("zoo", "ingest", "train", "evaluate"):
         assert f"{stage}: match" in out.stdout
     assert "1 of 7 stages differ from dvc.lock" in out.stdout
-    # wall times differ from run to run and are reported apart, never as a mismatch
+    # wall times differ from run to run (planted here) and are reported apart, never as a mismatch
     assert "match (wall times differ only)" in next(line for line in out.stdout.splitlines() if "zoo.json" in line)
     assert "changed since dvc.lock" not in out.stdout  # same code and params: a real difference, not an expected one
 
