@@ -4,7 +4,8 @@
 
 Each point is a DVC experiment of this repository,
 
-    dvc exp run --temp -n frontier-<r>x -S train.latent_dim=<d> -S 'encode.splits=[val,test]' -S reconstruct.n_samples=0 evaluate
+    dvc exp run --temp -n frontier-<r>x -S train.latent_dim=<d> -S 'encode.splits=[val,test]' \\
+        -S reconstruct.n_samples=0 evaluate
 
 with `d = round(learned weights / r)`: train, encode, reconstruct and evaluate rerun, nothing upstream
 (`--temp` runs it in a scratch copy of the committed code, so the workspace keeps its own params). A
@@ -13,8 +14,9 @@ split, which only the sampler and the probes need) and samples nothing: a fifth 
 the target `evaluate` leaves the probe stage (which needs training-split codes) out.
 `--run` runs the missing ones (one after another; each takes minutes on 2 cores), then the script reads
 every `frontier-*` experiment's `metrics/eval.json` from `dvc exp show --json --all-commits` (of any
-commit; the newest run of a name wins) and writes `<out>.json` (one row per point: latent size, compression, and for `vae` and `pca` agreement,
-fidelity gain vs the oracle substitute, retention and R^2, beside the substitutes) and `<out>.png`
+commit; the newest run of a name wins) and writes `<out>.json` (one row per point: latent size,
+compression, and for `vae` and `pca` agreement, fidelity gain vs the oracle substitute, retention and
+R^2, beside the substitutes) and `<out>.png`
 (agreement and fidelity gain against compression, the substitutes as horizontal lines).
 The workspace's own results (the default params.yaml after `dvc repro`) stand for the point at its
 `train.latent_dim`. Without `--run` it only collects what is there. Prints the JSON.
