@@ -342,8 +342,7 @@ def test_unknown_dataset_and_an_evaluate_split_reconstruct_never_wrote_get_one_l
     args = argparse.Namespace(params=str(params), shards=str(tmp_path / "shards"), recon=str(tmp_path / "recon"),
                               latents=None, metrics=str(tmp_path / "eval.json"), table=str(tmp_path / "eval.csv"),
                               plots=str(tmp_path / "plots"), live_dir=None)
-    with pytest.raises(SystemExit):
-        E.run(args)
+    assert run_command("evaluate", E.run, args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no reconstructions of the 'val' split; add 'val' to reconstruct.splits" in err[0]
     assert not (tmp_path / "eval.json").exists()

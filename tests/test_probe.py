@@ -20,7 +20,7 @@ from sklearn.linear_model import Ridge
 
 from weightvae.encode import write_latents
 from weightvae.ingest import IngestParams, ingest
-from weightvae.params import ParamsError, load_section
+from weightvae.params import ParamsError, load_section, run_command
 from weightvae.probe import (
     REPRESENTATIONS,
     ProbeError,
@@ -306,8 +306,7 @@ def test_latents_of_a_missing_split_stop_the_stage_with_one_line(planted, tmp_pa
     shards, latents = planted
     rows = pd.read_parquet(latents)
     rows[rows.split != "val"].to_parquet(tmp_path / "latents.parquet")
-    with pytest.raises(SystemExit):
-        run(_args(tmp_path, shards, tmp_path / "latents.parquet"))
+    assert run_command("probe", run, _args(tmp_path, shards, tmp_path / "latents.parquet")) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"weightvae probe: {tmp_path / 'latents.parquet'}: no latents of ")
     assert "val-split models" in err and "set encode.splits to ['train', 'val', 'test'] and rerun encode" in err

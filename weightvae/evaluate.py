@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from weightvae.archs import ARCHITECTURES
 from weightvae.canonical import GROUPS, random_permutation
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
-from weightvae.params import load_section, require
+from weightvae.params import StageError, load_section, require
 from weightvae.progress import Progress
 from weightvae.records import POOL_FILE, file_name, pool_key
 from weightvae.registry import ENABLE_HINT, check_spec, register
@@ -47,7 +46,7 @@ ORACLE = "oracle_train"
 PCA = "pca"
 
 
-class EvaluateError(ValueError):
+class EvaluateError(StageError):
     """Inputs evaluate cannot use; the message names the file or key and what to do."""
 
 
@@ -444,11 +443,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     p = load_section(args.params, "evaluate", EvaluateParams)
     register(p.architectures, p.tasks)
-    try:
-        headline, df, plots = evaluate(p, args.shards, args.recon, args.latents)
-    except EvaluateError as e:  # one clear line, no traceback: the message says what to do
-        print(f"weightvae evaluate: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    headline, df, plots = evaluate(p, args.shards, args.recon, args.latents)  # an EvaluateError: one line
     write_outputs(headline, df, plots, args.metrics, args.table, args.plots, args.live_dir)
     no_function = [m for m in headline.get("skipped", []) if ": functional metrics skipped" in m]
     for msg in headline.get("skipped", []):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,13 @@ import torch
 from weightvae import FORMAT_VERSION, tensorfile
 from weightvae.io import atomic_path
 from weightvae.layout import Layout
+from weightvae.params import StageError
 
 FORMATS = ("safetensors", "pt")
 KINDS = ("original", "reconstruction", "sample")
 
 
-class ExportError(ValueError):
+class ExportError(StageError):
     """A model that cannot be exported; the message names the id or file and what to do."""
 
 
@@ -123,12 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     fmt = format_for(args.out, args.format)
-    try:
-        record = find_record(args.id, args.kind, args.shards, args.recon)
-        write(record, args.out, fmt)
-    except ExportError as e:
-        print(f"weightvae export: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    record = find_record(args.id, args.kind, args.shards, args.recon)  # an ExportError is one line (run_command)
+    write(record, args.out, fmt)
     props = record["model_properties"]
     arch = props.get("architecture", {})
     print(f"export: {args.id} ({arch.get('name')}, task {props.get('task')}, "

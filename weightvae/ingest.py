@@ -54,7 +54,7 @@ from weightvae import FORMAT_VERSION, canonical, tensorfile
 from weightvae.archs import ARCHITECTURES, build_model
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
-from weightvae.params import load_section, require
+from weightvae.params import StageError, load_section, require
 from weightvae.progress import Progress
 
 SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -66,7 +66,7 @@ SPLITS = ("train", "val", "test")
 _BLOCK = 256  # rows per write block; fixed so stats sum in the same order whatever the params
 
 
-class IngestError(ValueError):
+class IngestError(StageError):
     """A zoo that cannot be ingested; the message names the file and what to do."""
 
 
@@ -695,11 +695,7 @@ def run(args: argparse.Namespace) -> None:
     p = load_section(args.params, "ingest", IngestParams)
     if args.zoo_dir:
         p = dataclasses.replace(p, zoo_dir=args.zoo_dir)
-    try:
-        m = ingest(p, args.out)
-    except IngestError as e:  # one clear line, no traceback: the message says what to do
-        print(f"weightvae ingest: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    m = ingest(p, args.out)  # an IngestError is one line (run_command)
     write_json(args.metrics, m)
     skipped = f", {m['rejected_count']} files skipped (see {args.metrics})" if m["rejected_count"] else ""
     print(f"ingest: {m['models']} models ({m['runs']} runs, {m['layouts']} layouts, max_len {m['max_len']}) "

@@ -24,6 +24,11 @@ class ParamsError(ValueError):
     """A bad value in params.yaml; the message names the key, the value and what is allowed."""
 
 
+class StageError(ValueError):
+    """Inputs a stage cannot use (a missing file, a split it needs, ...); the message names the file or key
+    and what to do. `run_command` prints it as one line, without a traceback, and exits with 1."""
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
@@ -115,7 +120,8 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def run_command(name: str, func: Any, args: Any) -> int:
-    """Run a stage's `run(args)`, turning a ParamsError into one clear line and exit code 2."""
+    """Run a stage's `run(args)`, turning a ParamsError into one clear line and exit code 2, and a
+    StageError into one line and exit code 1."""
     import sys
 
     try:
@@ -123,4 +129,7 @@ def run_command(name: str, func: Any, args: Any) -> int:
     except ParamsError as e:
         print(f"weightvae {name}: bad params: {e}", file=sys.stderr)
         return 2
+    except StageError as e:
+        print(f"weightvae {name}: {e}", file=sys.stderr)
+        return 1
     return 0

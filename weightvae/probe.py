@@ -20,7 +20,6 @@ import argparse
 import itertools
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from weightvae.io import atomic_path, write_json
-from weightvae.params import load_section, require
+from weightvae.params import StageError, load_section, require
 from weightvae.progress import Progress
 
 SPLITS = ("train", "val", "test")
@@ -42,7 +41,7 @@ PERCENTILES = (1, 25, 50, 75, 99)
 STATS = ("mean", "var", *(f"p{q}" for q in PERCENTILES))
 
 
-class ProbeError(ValueError):
+class ProbeError(StageError):
     """Inputs the probe stage cannot use; the message names the file and what to do."""
 
 
@@ -436,11 +435,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     p = load_section(args.params, "probe", ProbeParams)
-    try:
-        metrics, df, heat = probe(p, args.shards, args.latents)
-    except ProbeError as e:  # one clear line, no traceback: the message says what to do
-        print(f"weightvae probe: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    metrics, df, heat = probe(p, args.shards, args.latents)  # a ProbeError is one line (run_command)
     write_outputs(metrics, df, heat, args.metrics, args.table, args.plot)
     for line in metrics["skipped"]:
         print(f"probe: {line}")

@@ -18,7 +18,6 @@ Outputs (one folder, replaced atomically):
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 
 from weightvae import FORMAT_VERSION, tensorfile
 from weightvae.io import atomic_path, write_json
-from weightvae.params import load_section, require
+from weightvae.params import StageError, load_section, require
 from weightvae.progress import Progress
 from weightvae.records import POOL_FILE, file_name, pool_key
 
@@ -78,7 +77,7 @@ def _record(state_dict: dict[str, torch.Tensor], props: dict[str, Any], **extra:
     }
 
 
-class ReconstructError(ValueError):
+class ReconstructError(StageError):
     """Inputs reconstruct cannot use; the message names the file or key and what to do."""
 
 
@@ -132,9 +131,9 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str
     if p.n_samples == 0:
         return 0
     props = _properties(shards, "train", model)
-    groups: dict[tuple[str, str, str], list[int]] = {}
-    for i, r in enumerate(props.values()):
-        groups.setdefault(_group(r), []).append(i)
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}  # a representative row each: its layout and buffers
+    for r in props.values():
+        groups.setdefault(_group(r), r)
     encoded: dict[tuple[str, str, str], list[tuple[torch.Tensor, dict[str, Any]]]] = {}
     if p.sampler == "kde":
         rows, z = read_latents(latents, "train")
@@ -146,9 +145,7 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str
     gen = torch.Generator().manual_seed(p.seed)
     n = 0
     pools: dict[str, list[str]] = {}
-    first = list(props.values())
-    for (task, arch, layout_id), idx in sorted(groups.items()):
-        group_props = first[idx[0]]  # a representative row: its layout and buffers
+    for (task, arch, layout_id), group_props in sorted(groups.items()):
         bar.add_total(p.n_samples)
         if p.sampler == "kde":
             z, anchors, pool = _kde_latents(p, encoded[task, arch, layout_id], gen)
@@ -204,9 +201,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     p = load_section(args.params, "reconstruct", ReconstructParams)
-    try:
-        counts = reconstruct(p, args.shards, args.model, args.latents, args.out)
-    except ReconstructError as e:  # one clear line, no traceback: the message says what to do
-        print(f"weightvae reconstruct: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    counts = reconstruct(p, args.shards, args.model, args.latents, args.out)  # a ReconstructError: one line
     print("reconstruct: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
