@@ -12,6 +12,7 @@ the cause, and nothing local is lost or half-written.
 """
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ BUCKET = "weightvae-remote"
 REMOTE = f"s3://{BUCKET}/store"
 #: the machine's proxy settings (names only), which the test clears (`_env`, `_no_proxy`); named in failures
 MACHINE_PROXY_VARS = sorted(k for k in os.environ if "proxy" in k.lower())
+#: what a signature mismatch depends on, named in failures (moto 5.2.1 rejects botocore 1.43's signatures)
+VERSIONS = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("moto", "botocore", "aiobotocore", "s3fs"))
 #: IAM requests moto answers before it starts checking credentials: exactly those of `_bootstrap`.
 BOOTSTRAP_ACTIONS = 4
 
@@ -87,8 +90,8 @@ def _bootstrap(url: str) -> dict[str, str]:
 
 
 def _env(tmp: Path, credentials: dict[str, str]) -> dict[str, str]:
-    # no AWS settings of the machine's, and no proxy: a proxy between the client and the localhost server (a CI
-    # machine may set one for the package registries) rewrites requests, and S3 then rejects their signatures
+    # no AWS settings of the machine's, and no proxy: a proxy between the client and the localhost server would
+    # rewrite requests, and S3 would then reject their signatures
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
     return {**env, **credentials, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1", "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_CONFIG_FILE": str(tmp / "no-aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-creds"),
@@ -110,7 +113,8 @@ class World:
         out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=self.env, check=False)
         text = out.stdout + out.stderr
         if ok:
-            assert out.returncode == 0, (f"{' '.join(cmd)} failed (proxy variables cleared: {MACHINE_PROXY_VARS}):\n"
+            assert out.returncode == 0, (f"{' '.join(cmd)} failed ({VERSIONS}; proxy variables cleared: "
+                                         f"{MACHINE_PROXY_VARS}):\n"
                                          f"{text[-4000:]}")
         else:
             assert out.returncode != 0, f"{' '.join(cmd)} should have failed:\n{text[-4000:]}"
