@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from weightvae import FORMAT_VERSION, standardize
+from weightvae.chunks import Chunking
 from weightvae.layout import Layout, layer_info
 
 SPLITS = ("train", "val", "test")
@@ -38,11 +39,16 @@ class ZooDataset(Dataset):
         on. Only for split="train": filtering held-out splits by quality would bias evaluation, so other
         splits raise ValueError. Runs with unknown train_acc rank last.
     max_len: pad vectors to this length (>= the shards' max_len; None keeps the shards' own).
+    window: a sample is `window` consecutive `chunk_size`-long chunks of the model (`weightvae.chunks`), at a
+        random place, read from the shard without the rest of the model (`chunks`, `chunk_ids`), instead of the
+        whole vector: what the chunk codec trains on, at a cost that does not grow with the model.
     """
 
     def __init__(self, root: str | Path, split: str, dataset: str = "joint", normalize: bool = True,
-                 topk: int | None = None, max_len: int | None = None):
+                 topk: int | None = None, max_len: int | None = None, window: int | None = None,
+                 chunk_size: int = 64):
         self.root, self.split, self.dataset, self.normalize, self.topk = Path(root), split, dataset, normalize, topk
+        self.window = window
         if split not in SPLITS:
             raise ValueError(f"split {split!r}: choose one of {list(SPLITS)}")
         if topk is not None and (split != "train" or topk < 1):
@@ -72,6 +78,8 @@ class ZooDataset(Dataset):
         self.layouts = {lid: Layout.from_dict(d) for lid, d in layout_dicts.items()}
         self._vectors = {lid: self._layout_vectors(self.layouts[lid], stats[lid]) for lid in self.layouts}
         infos = {lid: layer_info(lay) for lid, lay in self.layouts.items()}
+        self._chunkings = {lid: Chunking([e.numel for e in lay.learned], chunk_size)
+                           for lid, lay in self.layouts.items()} if window else {}
         for r in rows:
             r["layout"] = layout_dicts[r["layout_id"]]
             r["layer_info"] = infos[r["layout_id"]]  # the seed's (name, shape) list, for `reconstruct_weights`
@@ -110,18 +118,36 @@ class ZooDataset(Dataset):
         `buffers` come parsed from their JSON, ready for `Layout.from_dict(...).unflatten(vec, buffers)`."""
         return dict(self.rows[i])
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} models")
-        row = self.rows[i]
-        v = self._vectors[row["layout_id"]]
+    def vector(self, i: int) -> Tensor:
+        """Model i's whole (standardised, padded) vector `[max_len]`."""
+        v = self._vectors[self.rows[i]["layout_id"]]
         w = torch.from_numpy(np.array(self.data[self._shard_rows[i]], dtype=np.float32))  # [stored_max_len]
         if self.max_len > self.stored_max_len:
             w = torch.nn.functional.pad(w, (0, self.max_len - self.stored_max_len))
         if self.normalize:
             w = (w - v["mean"]) / v["std"]  # padding: (0 - 0) / 1 = 0 exactly
-        return {"weight": w, "mask": v["mask"].clone(), "layer": v["layer"].clone(), "model_properties": dict(row),
-                "dataset": []}
+        return w
+
+    def _window(self, i: int) -> dict[str, Tensor]:
+        row = self.rows[i]
+        c, v = self._chunkings[row["layout_id"]], self._vectors[row["layout_id"]]
+        count = min(self.window, c.count)
+        first = int(torch.randint(c.count - count + 1, ()))
+        lo, hi = c.span(first, count)
+        w = torch.from_numpy(np.array(self.data[self._shard_rows[i], lo:hi], dtype=np.float32))
+        if self.normalize:
+            w = (w - v["mean"][lo:hi]) / v["std"][lo:hi]
+        return {"chunks": c.cut_span(w, first, count), "chunk_ids": torch.arange(first, first + count)}
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} models")
+        row = self.rows[i]
+        if self.window:
+            return {**self._window(i), "model_properties": dict(row), "dataset": []}
+        v = self._vectors[row["layout_id"]]
+        return {"weight": self.vector(i), "mask": v["mask"].clone(), "layer": v["layer"].clone(),
+                "model_properties": dict(row), "dataset": []}
 
     def normalization(self, layout_id: str) -> tuple[Tensor, Tensor]:
         """(mean, std) `[max_len]` of a layout from the train split; padding has mean 0, std 1."""
@@ -159,27 +185,31 @@ def _top_runs(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the tensors; keep `model_properties` and `dataset` as lists."""
-    out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in ("weight", "mask", "layer")}
+    keys = ("chunks", "chunk_ids") if "chunks" in items[0] else ("weight", "mask", "layer")
+    out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in keys}
     out["model_properties"] = [it["model_properties"] for it in items]
     out["dataset"] = [it["dataset"] for it in items]
     return out
 
 
 class ZooDataModule(L.LightningDataModule):
-    """Train/val/test loaders over the shards in `root`; `topk` applies to the train split only."""
+    """Train/val/test loaders over the shards in `root`; `topk` and `window` (windows of chunks) apply to the
+    train split only: validation always sees whole models."""
 
     def __init__(self, root: str | Path, batch_size: int = 64, num_workers: int = 0, dataset: str = "joint",
-                 normalize: bool = True, topk: int | None = None, max_len: int | None = None, seed: int = 0):
+                 normalize: bool = True, topk: int | None = None, max_len: int | None = None, seed: int = 0,
+                 window: int | None = None, chunk_size: int = 64):
         super().__init__()
         self.save_hyperparameters()
         self.root, self.batch_size, self.num_workers, self.seed = root, batch_size, num_workers, seed
         self.kwargs = {"dataset": dataset, "normalize": normalize, "max_len": max_len}
-        self.topk = topk
+        self.topk, self.window, self.chunk_size = topk, window, chunk_size
         self.train_dataset = self.val_dataset = self.test_dataset = None
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_dataset is None:
-            self.train_dataset = ZooDataset(self.root, "train", topk=self.topk, **self.kwargs)
+            self.train_dataset = ZooDataset(self.root, "train", topk=self.topk, window=self.window,
+                                            chunk_size=self.chunk_size, **self.kwargs)
         if stage in ("fit", "validate", None) and self.val_dataset is None:
             self.val_dataset = ZooDataset(self.root, "val", **self.kwargs)
         if stage in ("test", "predict", None) and self.test_dataset is None:

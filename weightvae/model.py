@@ -45,7 +45,8 @@ class VAE(L.LightningModule):
                  functional: Mapping[str, Mapping[str, Any]] | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.cfg = VAEConfig(**{**vae, "channels": tuple(vae.get("channels", VAEConfig.channels))})
+        self.cfg = VAEConfig(**{**vae, "channels": tuple(vae.get("channels", VAEConfig.channels)),
+                                "tensor_sizes": tuple(vae.get("tensor_sizes", ()))})
         self.loss_cfg = LossConfig(**(loss or {}))
         self.net = build_net(self.cfg)
         self.layout_ids = list(layout_ids)
@@ -199,6 +200,8 @@ class VAE(L.LightningModule):
         return torch.ones_like(x), torch.zeros_like(x, dtype=torch.long)
 
     def loss_terms(self, batch: Mapping[str, Any] | Tensor, sample_posterior: bool = True) -> dict[str, Tensor]:
+        if isinstance(batch, Mapping) and "chunks" in batch:
+            return self._window_terms(batch, sample_posterior)
         x = self._flat(batch)
         mask, layer = self._masks(batch, x)
         layout_ids = self.batch_layout_ids(batch, len(x))
@@ -230,9 +233,29 @@ class VAE(L.LightningModule):
             terms["loss"] = terms["loss"] + self.loss_cfg.behaviour_weight * terms["behaviour"]
         return terms
 
+    def _window_terms(self, batch: Mapping[str, Any], sample_posterior: bool) -> dict[str, Tensor]:
+        """The weight losses on windows of chunks (`batch["chunks"]` `[B, W, size]`, numbered `batch["chunk_ids"]`
+        `[B, W]`; `ZooDataset(window=...)` reads them): the chunk codec's training step, whose memory does not
+        grow with the model. The KL is scaled by chunks / window, an unbiased estimate of the whole code's."""
+        chunking = self.net.chunking
+        chunks = batch["chunks"].to(self.device, torch.float32)
+        ids = batch["chunk_ids"].to(self.device)
+        mean, logvar = self.net.encode_chunks(chunks, ids)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample_posterior else mean
+        recon = self.net.decode_chunks(z, ids)
+        mask = chunking.mask.to(self.device)[ids]  # [B, W, size]
+        layer = torch.where(mask, chunking.tensor.to(self.device)[ids][..., None], -1)
+        flat, rflat = chunks.flatten(1), recon.flatten(1)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
+        terms = {"mse": masked_mse(flat, rflat, mask.flatten(1).to(flat)), "kl": kl * chunking.count / ids.shape[1]}
+        terms["recon"] = (layerwise_mse(flat, rflat, layer.flatten(1), self.n_layers)
+                          if self.loss_cfg.loss == "layer" else terms["mse"])
+        terms["loss"] = terms["recon"] + self.loss_cfg.kl_weight * terms["kl"]
+        return terms
+
     def _common_step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
         terms = self.loss_terms(batch, sample_posterior=stage == "train")
-        bs = len(batch["weight"])
+        bs = len(batch["chunks"] if "chunks" in batch else batch["weight"])
         for k, v in terms.items():
             self.log(f"{stage}/{k}", v, prog_bar=k == "loss", on_step=False, on_epoch=True,
                      batch_size=bs, sync_dist=stage != "train")

@@ -44,7 +44,7 @@ class VAEConfig:
     latent 4x16x16)."""
 
     max_len: int
-    codec: Literal["conv", "linear"] = "conv"
+    codec: Literal["conv", "linear", "chunk"] = "conv"
     preset: Literal["small", "d2nwg"] = "small"
     channels: tuple[int, ...] = (16, 32, 64)
     blocks_per_level: int = 1
@@ -53,6 +53,9 @@ class VAEConfig:
     cond_dim: int = 0  # size of the function signature fed to the encoder beside the weights (0 = off)
     latent: Literal["flat", "spatial"] = "flat"  # flat vector of latent_dim, or latent_channels per bottom pixel
     latent_channels: int = 1
+    chunk_size: int = 64  # chunk codec: values per chunk
+    chunk_latent: int = 16  # chunk codec: latent values per chunk (compression ~ chunk_size / chunk_latent)
+    tensor_sizes: tuple[int, ...] = ()  # chunk codec: numel of each learned tensor of the (one) layout
 
     @staticmethod
     def d2nwg(max_len: int) -> VAEConfig:
@@ -287,12 +290,114 @@ class LinearVAE(nn.Module):
         return recon, posterior
 
 
-def build_net(cfg: VAEConfig) -> ConvVAE | LinearVAE:
-    return LinearVAE(cfg) if cfg.codec == "linear" else ConvVAE(cfg)
+class ChunkVAE(nn.Module):
+    """Per-chunk affine codec (`codec: chunk`): each `chunk_size`-long chunk of a learned tensor
+    (`weightvae.chunks`) maps to `chunk_latent` values and back through that tensor's own affine maps, around
+    the train split's mean of that chunk. Parameters and activations per chunk do not depend on the model's
+    size, so training can take windows of chunks (`encode_chunks`/`decode_chunks`); `encode`/`decode` run
+    every chunk of whole models, `[B, L]` <-> `[B, chunks * chunk_latent]`. `init_pca` starts each tensor's
+    maps as whitened PCA of its chunks, as `LinearVAE` does for whole vectors. One layout per VAE."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        from weightvae.chunks import Chunking
+
+        self.cfg = cfg
+        self.chunking = Chunking(cfg.tensor_sizes, cfg.chunk_size)
+        t, s, d = len(cfg.tensor_sizes), cfg.chunk_size, cfg.chunk_latent
+        self.enc_weight, self.enc_bias = nn.Parameter(torch.zeros(t, s, d)), nn.Parameter(torch.zeros(t, d))
+        self.logvar = nn.Parameter(torch.full((t, d), -9.0))  # per tensor, not per input: the posterior's spread
+        self.dec_weight, self.dec_bias = nn.Parameter(torch.zeros(t, d, s)), nn.Parameter(torch.zeros(t, s))
+        self.register_buffer("centre", torch.zeros(self.chunking.count, s))  # train mean of each chunk, fixed
+        self.latent_shape: tuple[int, ...] = (self.chunking.count * d,)
+
+    @torch.no_grad()
+    def init_pca(self, x: Tensor, block: int = 64) -> None:
+        """`centre` = the mean chunk of training vectors `x` `[N, L]`; each tensor's encoder = the coordinates
+        of its centred chunks along their top `chunk_latent` principal directions, divided by their std (a
+        floor of 1e-3 of the largest keeps directions the data hardly spans from amplifying noise); decoder =
+        the inverse. Covariances accumulate over blocks of `block` models in float64."""
+        c, t, s, d = self.chunking, len(self.cfg.tensor_sizes), self.cfg.chunk_size, self.cfg.chunk_latent
+        length = c.length
+        total = torch.zeros(c.count, s, dtype=torch.float64)
+        for i in range(0, len(x), block):
+            total += c.cut(x[i:i + block, :length].double()).sum(0)
+        centre = total / max(len(x), 1)
+        cov = torch.zeros(t, s, s, dtype=torch.float64)
+        rows = torch.bincount(c.tensor, minlength=t).double() * len(x)
+        for i in range(0, len(x), block):
+            r = (c.cut(x[i:i + block, :length].double()) - centre) * c.mask  # [b, count, s]
+            for j in range(t):
+                rj = r[:, c.tensor == j].reshape(-1, s)
+                cov[j] += rj.T @ rj
+        for j in range(t):
+            eig, vec = torch.linalg.eigh(cov[j] / (rows[j] - 1).clamp_min(1))  # ascending
+            eig, vec = eig.flip(0)[:d], vec.flip(1)[:, :d]  # [d], [s, d]
+            std = eig.clamp_min(0).sqrt()
+            std = std.clamp_min(1e-3 * float(std[0]) if float(std[0]) > 0 else 1.0)
+            self.enc_weight[j] = (vec / std).float()
+            self.dec_weight[j] = (vec * std).T.float()
+        self.enc_bias.zero_()
+        self.dec_bias.zero_()
+        self.centre.copy_(centre.float())
+
+    def encode_chunks(self, chunks: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Chunks `[B, W, chunk_size]` numbered `ids` (`[W]`, or `[B, W]`: a window per row) -> posterior mean and
+        log-variance `[B, W, chunk_latent]`."""
+        ids = ids.expand(*chunks.shape[:2])
+        tensor = self.chunking.tensor.to(ids.device)[ids]
+        centred = (chunks - self.centre[ids]) * self.chunking.mask.to(chunks.device)[ids]
+        mean = chunks.new_zeros(*chunks.shape[:2], self.cfg.chunk_latent)
+        for j in torch.unique(tensor).tolist():
+            sel = tensor == j
+            mean[sel] = centred[sel] @ self.enc_weight[j] + self.enc_bias[j]
+        return mean, self.logvar[tensor]
+
+    def decode_chunks(self, z: Tensor, ids: Tensor) -> Tensor:
+        """Codes `[B, W, chunk_latent]` of the chunks numbered `ids` (`[W]` or `[B, W]`) -> chunks
+        `[B, W, chunk_size]` (padding 0)."""
+        ids = ids.expand(*z.shape[:2])
+        tensor = self.chunking.tensor.to(ids.device)[ids]
+        out = z.new_zeros(*z.shape[:2], self.cfg.chunk_size)
+        for j in torch.unique(tensor).tolist():
+            sel = tensor == j
+            out[sel] = z[sel] @ self.dec_weight[j] + self.dec_bias[j]
+        return (out + self.centre[ids]) * self.chunking.mask.to(z.device)[ids]
+
+    def get_input(self, x: Tensor) -> Tensor:
+        """The encoder's input: every chunk of the flat vectors, `[B, chunks, chunk_size]`."""
+        assert x.dim() == 2 and x.shape[1] == self.cfg.max_len, \
+            f"expected flat weights [B, {self.cfg.max_len}], got {list(x.shape)}"
+        return self.chunking.cut(x[:, : self.chunking.length])
+
+    def encode(self, x: Tensor, cond: Tensor | None = None) -> DiagonalGaussian:
+        """x: flat `[B, L]` -> posterior over `[B, chunks * chunk_latent]` (chunk by chunk, in order)."""
+        assert cond is None, "the chunk codec has no function-aware encoder (train.encoder_probes: false)"
+        ids = torch.arange(self.chunking.count, device=x.device)
+        mean, logvar = self.encode_chunks(self.get_input(x), ids)
+        return DiagonalGaussian(torch.cat([mean.flatten(1), logvar.flatten(1)], 1))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z: `[B, chunks * chunk_latent]` -> flat `[B, L]` (zero past the layout's length)."""
+        ids = torch.arange(self.chunking.count, device=z.device)
+        flat = self.chunking.join(self.decode_chunks(z.reshape(len(z), self.chunking.count, -1), ids))
+        return F.pad(flat, (0, self.cfg.max_len - self.chunking.length))
+
+    def forward(self, x: Tensor, sample_posterior: bool = True, cond: Tensor | None = None
+                ) -> tuple[Tensor, DiagonalGaussian]:
+        posterior = self.encode(x, cond)
+        recon = self.decode(posterior.sample() if sample_posterior else posterior.mode())
+        assert recon.shape == x.shape, f"reconstruction {list(recon.shape)} != input {list(x.shape)}"
+        return recon, posterior
+
+
+def build_net(cfg: VAEConfig) -> ConvVAE | LinearVAE | ChunkVAE:
+    return {"linear": LinearVAE, "chunk": ChunkVAE}.get(cfg.codec, ConvVAE)(cfg)
 
 
 def vae_kwargs(cfg: VAEConfig) -> dict:
     """`cfg` as plain JSON-able kwargs (what the Lightning module saves as hyperparameters)."""
     d = asdict(cfg)
     d["channels"] = list(d["channels"])
+    d["tensor_sizes"] = list(d["tensor_sizes"])
     return d

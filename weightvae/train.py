@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,8 +34,11 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
 class TrainParams:
     """`train:` section of params.yaml; the defaults are params.yaml's (a test keeps them equal)."""
 
-    codec: Literal["linear", "conv"] = "linear"
+    codec: Literal["linear", "conv", "chunk"] = "linear"
     latent_dim: int = 426  # flat latent values per model (the linear codec, or conv with latent: flat)
+    chunk_size: int = 64  # chunk codec: values per chunk of a learned tensor
+    chunk_latent: int = 16  # chunk codec: latent values per chunk
+    window: int | None = None  # chunk codec: chunks per model in a training step (null: whole models)
     preset: Literal["small", "d2nwg"] = "small"
     channels: tuple[int, ...] = (16,)
     blocks_per_level: int = 1
@@ -68,7 +71,9 @@ class TrainParams:
     def __post_init__(self) -> None:
         require(len(self.channels) >= 1 and all(c >= 1 for c in self.channels), "train.channels",
                 list(self.channels), "need one or more positive channel counts, one per level")
-        for key in ("blocks_per_level", "latent_dim", "latent_channels", "batch_size", "max_epochs"):
+        require(self.codec in ("linear", "conv", "chunk"), "train.codec", self.codec, "choose linear, conv or chunk")
+        for key in ("blocks_per_level", "latent_dim", "latent_channels", "batch_size", "max_epochs", "chunk_size",
+                    "chunk_latent"):
             require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "need >= 1")
         require(self.probe_count >= 1, "train.probe_count", self.probe_count, "need >= 1")
         for key in ("kl_weight", "input_noise", "latent_noise", "weight_decay", "num_workers", "behaviour_weight"):
@@ -76,6 +81,16 @@ class TrainParams:
         require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "need > 0")
         require(self.preset == "small" or self.codec == "conv", "train.preset", self.preset,
                 "the d2nwg preset is a conv codec: set train.codec: conv with it")
+        require(self.chunk_latent <= self.chunk_size, "train.chunk_latent", self.chunk_latent,
+                f"need <= train.chunk_size ({self.chunk_size}): a chunk's code is no longer than the chunk")
+        require(self.codec == "chunk" or self.window is None, "train.window", self.window,
+                "windows of chunks need train.codec: chunk (or set window: null)")
+        require(self.window is None or self.window >= 1, "train.window", self.window, "need null or >= 1")
+        require(self.window is None or self.behaviour_weight == 0 and self.loss in ("layer", "mse"), "train.window",
+                self.window, "a window of chunks is not a whole network: set train.behaviour_weight: 0 and "
+                "train.loss: layer or mse with it (or window: null)")
+        require(self.codec != "chunk" or not self.encoder_probes, "train.encoder_probes", self.encoder_probes,
+                "the chunk codec encodes each chunk alone: set encoder_probes: false")
         require(self.topk is None or self.topk >= 1, "train.topk", self.topk, "need null or >= 1")
         require(self.precision in PRECISIONS, "train.precision", self.precision, f"choose one of {list(PRECISIONS)}")
         require(isinstance(self.limit_train_batches, int) and self.limit_train_batches >= 1
@@ -131,7 +146,8 @@ def functional_info(shards: str | Path, layouts: dict[str, Any],
 
 
 def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: int,
-                 functional: dict[str, dict[str, Any]] | None = None):
+                 functional: dict[str, dict[str, Any]] | None = None, tensor_sizes: Sequence[int] = ()):
+    """The Lightning module for these params; the chunk codec also needs its layout's `tensor_sizes`."""
     from weightvae.model import VAE
     from weightvae.nets import VAEConfig, vae_kwargs
     from weightvae.tasks import get_task
@@ -145,7 +161,8 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
         cfg = VAEConfig(max_len=max_len, codec=p.codec, channels=tuple(p.channels),
                         blocks_per_level=p.blocks_per_level, latent_dim=p.latent_dim,
                         gradient_checkpointing=p.gradient_checkpointing, cond_dim=cond_dim, latent=p.latent,
-                        latent_channels=p.latent_channels)
+                        latent_channels=p.latent_channels, chunk_size=p.chunk_size, chunk_latent=p.chunk_latent,
+                        tensor_sizes=tuple(tensor_sizes))
     loss = {"loss": p.loss, "kl_weight": p.kl_weight, "learning_rate": p.learning_rate,
             "weight_decay": p.weight_decay, "input_noise": p.input_noise, "latent_noise": p.latent_noise,
             "behaviour_weight": p.behaviour_weight, "probe_count": p.probe_count,
@@ -154,15 +171,25 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
                functional=functional)
 
 
+def tensor_sizes(layouts: dict[str, Any], codec: str) -> tuple[int, ...]:
+    """numel of each learned tensor of the one layout the chunk codec handles (other codecs: ())."""
+    if codec != "chunk":
+        return ()
+    require(len(layouts) == 1, "train.codec", codec, f"the chunk codec takes one layout; these shards hold "
+            f"{len(layouts)} (train a VAE per architecture with train.dataset, or use codec: linear)")
+    (layout,) = layouts.values()
+    return tuple(e["numel"] for e in layout["entries"] if e["learned"])
+
+
 def initial_module(p: TrainParams, ds, layout_ids: list[str], n_layers: int,
-                   functional: dict[str, dict[str, Any]] | None = None):
+                   functional: dict[str, dict[str, Any]] | None = None, sizes: Sequence[int] = ()):
     """The module as training starts: built, with the train split's (`ds`) normalisation statistics,
-    and for the linear codec started as whitened PCA of the standardised training weights."""
-    model = build_module(p, ds.max_len, layout_ids, n_layers, functional)
+    and for the linear and chunk codecs started as whitened PCA of the standardised training weights."""
+    model = build_module(p, ds.max_len, layout_ids, n_layers, functional, sizes)
     if p.normalize:
         model.set_normalization({lid: ds.normalization(lid) for lid in layout_ids})
-    if p.codec == "linear":
-        model.net.init_pca(torch.stack([ds[i]["weight"] for i in range(len(ds))]))
+    if p.codec in ("linear", "chunk"):
+        model.net.init_pca(torch.stack([ds.vector(i) for i in range(len(ds))]))
     return model
 
 
@@ -182,14 +209,15 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     require(p.dataset == "joint" or p.dataset in tasks, "train.dataset", p.dataset,
             f"choose 'joint' (every task) or one of the shards' tasks {tasks}")
     dm = ZooDataModule(str(shards), batch_size=p.batch_size, num_workers=p.num_workers, dataset=p.dataset,
-                       normalize=p.normalize, topk=p.topk, seed=p.seed)
+                       normalize=p.normalize, topk=p.topk, seed=p.seed, window=p.window, chunk_size=p.chunk_size)
     dm.setup("fit")
     ds = dm.train_dataset
     layouts = json.loads((Path(shards) / "layouts.json").read_text())
     layout_ids = sorted(layouts)
     n_layers = max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
     functional = functional_info(shards, layouts)  # also what latent refinement (the encode stage) runs
-    model = initial_module(p, ds, layout_ids, n_layers, functional)
+    sizes = tensor_sizes(layouts, p.codec)
+    model = initial_module(p, ds, layout_ids, n_layers, functional, sizes)
 
     ckpt_dir = Path(ckpt_dir)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
@@ -211,7 +239,7 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     if trainer.is_global_zero:
         # Lightning's checkpoints carry paths and loop state; the export carries only what defines the model.
         blob = torch.load(ckpt_dir / "best.ckpt", map_location="cpu", weights_only=True)
-        model = build_module(p, ds.max_len, layout_ids, n_layers, functional)
+        model = build_module(p, ds.max_len, layout_ids, n_layers, functional, sizes)
         model.load_state_dict(blob["state_dict"])  # includes the normalisation buffers
         with atomic_path(out) as tmp:
             torch.save(model.export(), tmp)
