@@ -63,7 +63,8 @@ RUN_ID_RULES = ("auto", "parent", "stem")
 MODELZOO_CHECKPOINT = re.compile(r"(?:.*/)?[^/]+/checkpoint_(?P<epoch>\d+)/checkpoints")
 MODELZOO_METRICS = ("train_acc", "test_acc", "test_loss")
 SPLITS = ("train", "val", "test")
-_BLOCK = 256  # rows per write block; fixed so stats sum in the same order whatever the params
+_BLOCK = 256  # rows per write block; set by the data alone so stats sum in the same order whatever the params
+_BLOCK_VALUES = 2**22  # ... and fewer rows for long models: a block's float64 statistics stay ~100 MiB
 
 
 class IngestError(StageError):
@@ -628,8 +629,9 @@ def _write_shards(tmp: Path, scratch: Path, rows: list[_Row], layouts: dict[str,
                 np.lib.format.write_array_header_1_0(
                     f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
                         "shape": (len(part), max_len)})
-                for start in range(0, len(part), _BLOCK):
-                    block = part[start:start + _BLOCK]
+                rows_per_block = max(1, min(_BLOCK, _BLOCK_VALUES // max_len))
+                for start in range(0, len(part), rows_per_block):
+                    block = part[start:start + rows_per_block]
                     buf = np.zeros((len(block), max_len), dtype="<f4")  # [b, max_len]
                     for i, r in enumerate(block):
                         buf[i, :r.length] = np.frombuffer(os.pread(fd, 4 * r.length, 4 * r.offset), dtype="<f4")

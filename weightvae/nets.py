@@ -21,6 +21,7 @@ halves cleanly at each level. The `d2nwg` preset instead maps the vector with a 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -312,21 +313,22 @@ class ChunkVAE(nn.Module):
         self.latent_shape: tuple[int, ...] = (self.chunking.count * d,)
 
     @torch.no_grad()
-    def init_pca(self, x: Tensor, block: int = 64) -> None:
-        """`centre` = the mean chunk of training vectors `x` `[N, L]`; each tensor's encoder = the coordinates
+    def init_pca(self, x: Tensor | Sequence[Tensor], block: int = 1) -> None:
+        """`centre` = the mean chunk of training vectors `x` (`[N, L]`, or N vectors `[L]` read as needed); each tensor's encoder = the coordinates
         of its centred chunks along their top `chunk_latent` principal directions, divided by their std (a
         floor of 1e-3 of the largest keeps directions the data hardly spans from amplifying noise); decoder =
-        the inverse. Covariances accumulate over blocks of `block` models in float64."""
+        the inverse. Two passes over blocks of `block` models, in float64: memory does not grow with N."""
         c, t, s, d = self.chunking, len(self.cfg.tensor_sizes), self.cfg.chunk_size, self.cfg.chunk_latent
-        length = c.length
-        total = torch.zeros(c.count, s, dtype=torch.float64)
-        for i in range(0, len(x), block):
-            total += c.cut(x[i:i + block, :length].double()).sum(0)
-        centre = total / max(len(x), 1)
+
+        def blocks():
+            for i in range(0, len(x), block):
+                yield c.cut(torch.stack([x[k][: c.length] for k in range(i, min(i + block, len(x)))]).double())
+
+        centre = sum((b.sum(0) for b in blocks()), torch.zeros(c.count, s, dtype=torch.float64)) / max(len(x), 1)
         cov = torch.zeros(t, s, s, dtype=torch.float64)
         rows = torch.bincount(c.tensor, minlength=t).double() * len(x)
-        for i in range(0, len(x), block):
-            r = (c.cut(x[i:i + block, :length].double()) - centre) * c.mask  # [b, count, s]
+        for b in blocks():
+            r = (b - centre) * c.mask  # [b, count, s]
             for j in range(t):
                 rj = r[:, c.tensor == j].reshape(-1, s)
                 cov[j] += rj.T @ rj

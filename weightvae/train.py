@@ -181,6 +181,19 @@ def tensor_sizes(layouts: dict[str, Any], codec: str) -> tuple[int, ...]:
     return tuple(e["numel"] for e in layout["entries"] if e["learned"])
 
 
+class _Vectors:
+    """The dataset's whole vectors as a sequence, each read when asked for."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.ds.vector(i)
+
+
 def initial_module(p: TrainParams, ds, layout_ids: list[str], n_layers: int,
                    functional: dict[str, dict[str, Any]] | None = None, sizes: Sequence[int] = ()):
     """The module as training starts: built, with the train split's (`ds`) normalisation statistics,
@@ -188,8 +201,10 @@ def initial_module(p: TrainParams, ds, layout_ids: list[str], n_layers: int,
     model = build_module(p, ds.max_len, layout_ids, n_layers, functional, sizes)
     if p.normalize:
         model.set_normalization({lid: ds.normalization(lid) for lid in layout_ids})
-    if p.codec in ("linear", "chunk"):
+    if p.codec == "linear":
         model.net.init_pca(torch.stack([ds.vector(i) for i in range(len(ds))]))
+    elif p.codec == "chunk":  # read block by block: the train split is never held whole
+        model.net.init_pca(_Vectors(ds))
     return model
 
 
