@@ -14,6 +14,7 @@ SMOKE = {
     "frontier.py": ["--out", "{tmp}/frontier"],  # collects the repository's experiments only; runs none
     "zoo.py": ["--loop-runs", "1", "--group", "2", "--epochs", "1", "--skip-build"],
     "train.py": ["--shards", "no-such-folder", "--batch", "2", "--steps", "1", "--warmup", "0"],
+    "large.py": ["--print"],  # the command only: the run itself takes ~half an hour
     "scale.py": ["--sizes", "1.7k,17k", "--models", "10", "--steps", "2", "--batch", "2"],
 }
 

@@ -129,6 +129,25 @@ def test_outputs_are_byte_identical_across_runs_and_worker_counts(tiny_zoo, shar
         assert (out / n).read_bytes() == (again / n).read_bytes(), n
 
 
+def test_long_models_are_written_in_smaller_blocks_with_the_same_shards(tiny_zoo, shards, tmp_path, monkeypatch):
+    """Blocks hold at most `_BLOCK_VALUES` values (a block per model here): the shards are byte-identical, the
+    statistics equal up to the order of float64 sums, and the manifest unchanged."""
+    import weightvae.ingest as ingest_module
+
+    out, _ = shards
+    monkeypatch.setattr(ingest_module, "_BLOCK_VALUES", 1)
+    small = _ingest_to(tiny_zoo[0], tmp_path / "small")
+    for name in (*(f"{s}.npy" for s in SPLITS), "models.parquet", "layouts.json", "manifest.json"):
+        assert (out / name).read_bytes() == (small / name).read_bytes(), name
+    a, b = (json.loads((d / "stats.json").read_text()) for d in (out, small))
+    assert a.keys() == b.keys()
+    for lid in a:
+        assert a[lid]["train_count"] == b[lid]["train_count"]
+        for name, t in a[lid]["tensors"].items():
+            assert b[lid]["tensors"][name]["mean"] == pytest.approx(t["mean"], rel=1e-12, abs=1e-15)
+            assert b[lid]["tensors"][name]["std"] == pytest.approx(t["std"], rel=1e-9)
+
+
 # ----------------------------------------------------------------------------- bad files
 
 
