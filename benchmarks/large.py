@@ -32,7 +32,8 @@ from frontier import _dvc, _experiments, _point  # noqa: E402
 
 def preset(runs: int, hidden: int) -> list[str]:
     return [
-        f"zoo.architectures={{mlp: {runs}}}", f"zoo.arch_kwargs={{mlp: {{hidden: {hidden}}}}}",
+        # Hydra override syntax: replace the architectures mapping, add the (absent) arch_kwargs
+        "~zoo.architectures", f"+zoo.architectures={{mlp: {runs}}}", f"+zoo.arch_kwargs.mlp.hidden={hidden}",
         "zoo.save_epochs=[4,16]", "zoo.group_size=16",
         "ingest.chunk_size=8",
         "train.codec=chunk", "train.chunk_size=64", "train.chunk_latent=16", "train.window=256",
