@@ -4,11 +4,11 @@
 
 The network is the built-in `mlp` (digits, one hidden layer) at `hidden` = 13,334: 75 * hidden + 10 =
 1,000,060 weights, with a batched forward, so the behavioural parts (refinement, evaluate) run it. The
-preset (`PRESET`, printed with `--print`) is a set of `-S` overrides of params.yaml: the zoo (2 checkpoints
-per run: epochs 4 and 16), ingest with 8 files in flight, the chunk codec trained on windows, encode with
+preset (`preset()`, printed with `--print`) is a set of `-S` overrides of params.yaml: the zoo (8 epochs at
+batch 128, 2 checkpoints per run: epochs 2 and 8), ingest with 8 files in flight, the chunk codec trained on windows, encode with
 fewer refinement steps and smaller batches, reconstruct with 16 samples. It runs as
 
-    dvc exp run --temp -n <name> evaluate -S ... (PRESET)
+    dvc exp run --temp -n <name> evaluate -S ... (the preset)
 
 (a scratch copy of the committed code: the workspace keeps its own params and outputs; `evaluate` as the
 target leaves the probe stage out), timed, with the peak RSS of its largest process (getrusage of the
@@ -34,11 +34,11 @@ def preset(runs: int, hidden: int) -> list[str]:
     return [
         # Hydra override syntax: replace the architectures mapping, add the (absent) arch_kwargs
         "~zoo.architectures", f"+zoo.architectures={{mlp: {runs}}}", f"+zoo.arch_kwargs.mlp.hidden={hidden}",
-        "zoo.save_epochs=[4,16]", "zoo.group_size=16",
+        "zoo.epochs=8", "zoo.save_epochs=[2,8]", "zoo.batch_size=128", "zoo.group_size=16",
         "ingest.chunk_size=8",
         "train.codec=chunk", "train.chunk_size=64", "train.chunk_latent=16", "train.window=256",
         "train.behaviour_weight=0.0", "train.batch_size=8",
-        "encode.refine_steps=400", "encode.batch_size=16",
+        "encode.refine_steps=300", "encode.batch_size=16",
         "reconstruct.n_samples=16", "reconstruct.batch_size=16",
     ]
 
