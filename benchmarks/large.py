@@ -8,10 +8,10 @@ preset (`preset()`, printed with `--print`) is a set of `-S` overrides of params
 batch 128, 2 checkpoints per run: epochs 2 and 8), ingest with 8 files in flight, the chunk codec trained on windows, encode with
 fewer refinement steps and smaller batches, reconstruct with 16 samples. It runs as
 
-    dvc exp run --temp -n <name> evaluate -S ... (the preset)
+    dvc exp run --temp --force -n <name> evaluate -S ... (the preset)
 
-(a scratch copy of the committed code: the workspace keeps its own params and outputs; `evaluate` as the
-target leaves the probe stage out), timed, with the peak RSS of its largest process (getrusage of the
+(a scratch copy of the committed code: the workspace keeps its own params and outputs; `--force` runs every
+stage even where DVC's run cache holds its outputs; `evaluate` as the target leaves the probe stage out), timed, with the peak RSS of its largest process (getrusage of the
 children: the stages run one after another, so this is the pipeline's peak). Then it reads the
 experiment's `metrics/eval.json` and prints JSON: wall time, peak RSS, held-out agreement, fidelity gain vs
 the oracle substitute, PCA of the same size, compression. Goal (issue 13): <= 30 min and <= 8 GiB on 2 cores.
@@ -38,7 +38,7 @@ def preset(runs: int, hidden: int) -> list[str]:
         "ingest.chunk_size=8",
         "train.codec=chunk", "train.chunk_size=64", "train.chunk_latent=16", "train.window=256",
         "train.behaviour_weight=0.0", "train.batch_size=8",
-        "encode.refine_steps=300", "encode.batch_size=16",
+        "encode.refine_steps=100", "encode.batch_size=16",
         "reconstruct.n_samples=16", "reconstruct.batch_size=16",
     ]
 
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--name", default="large-mlp")
     ap.add_argument("--print", action="store_true", help="print the dvc command (JSON) and exit")
     a = ap.parse_args()
-    cmd = ["dvc", "exp", "run", "--temp", "-n", a.name, "evaluate"]
+    cmd = ["dvc", "exp", "run", "--temp", "--force", "-n", a.name, "evaluate"]  # --force: every stage, timed
     for s in preset(a.runs, a.hidden):
         cmd += ["-S", s]
     if a.print:

@@ -101,6 +101,13 @@ def test_a_full_rank_chunk_codec_started_at_pca_is_the_identity_and_pads_past_th
     assert post.mean.shape == (40, 8 * 4)  # 2 + 1 + 5 chunks of 4 values, 4 latent values each
     recon = net.decode(post.mean)
     assert recon.shape == x.shape and torch.allclose(recon, x, atol=1e-5)
+    # whole models go tensor by tensor through slices: the same numbers as chunk by chunk
+    ids = torch.arange(8)
+    mean, logvar = net.encode_chunks(net.chunking.cut(x[:, :28]), ids)
+    assert torch.allclose(post.mean, mean.flatten(1), atol=1e-6) and torch.equal(post.logvar, logvar.flatten(1))
+    z = torch.randn(5, 32)
+    assert torch.allclose(net.decode(z)[:, :28], net.chunking.join(net.decode_chunks(z.reshape(5, 8, 4), ids)),
+                          atol=1e-6)
     # codes are whitened: unit variance over the training vectors along kept directions
     per_chunk = post.mean.reshape(40, 8, 4)[:, net.chunking.mask.sum(1) == 4]  # chunks without padding
     assert torch.allclose(per_chunk.var(0, unbiased=True).mean(), torch.tensor(1.0), atol=0.35)

@@ -367,23 +367,43 @@ class ChunkVAE(nn.Module):
         return (out + self.centre[ids]) * self.chunking.mask.to(z.device)[ids]
 
     def get_input(self, x: Tensor) -> Tensor:
-        """The encoder's input: every chunk of the flat vectors, `[B, chunks, chunk_size]`."""
+        """The encoder's input: the flat vectors `[B, L]` (shape checked), cut tensor by tensor in `encode`."""
         assert x.dim() == 2 and x.shape[1] == self.cfg.max_len, \
             f"expected flat weights [B, {self.cfg.max_len}], got {list(x.shape)}"
-        return self.chunking.cut(x[:, : self.chunking.length])
+        return x
+
+    def _spans(self) -> list[tuple[int, int, int, int]]:
+        """Per learned tensor: (first chunk, chunk count, first flat position, numel). A tensor's chunks are
+        consecutive, so whole models are coded tensor by tensor with slices and no gathers."""
+        out, c0, f0 = [], 0, 0
+        for n in self.cfg.tensor_sizes:
+            k = math.ceil(n / self.cfg.chunk_size)
+            out.append((c0, k, f0, n))
+            c0, f0 = c0 + k, f0 + n
+        return out
 
     def encode(self, x: Tensor, cond: Tensor | None = None) -> DiagonalGaussian:
-        """x: flat `[B, L]` -> posterior over `[B, chunks * chunk_latent]` (chunk by chunk, in order)."""
+        """x: flat `[B, L]` -> posterior over `[B, chunks * chunk_latent]` (chunk by chunk, in order); the same
+        numbers as `encode_chunks` on every chunk."""
         assert cond is None, "the chunk codec has no function-aware encoder (train.encoder_probes: false)"
-        ids = torch.arange(self.chunking.count, device=x.device)
-        mean, logvar = self.encode_chunks(self.get_input(x), ids)
+        x, s, mask = self.get_input(x), self.cfg.chunk_size, self.chunking.mask.to(x.device)
+        means = []
+        for j, (c0, k, f0, n) in enumerate(self._spans()):
+            part = F.pad(x[:, f0:f0 + n], (0, k * s - n)).reshape(len(x), k, s)
+            centred = (part - self.centre[c0:c0 + k]) * mask[c0:c0 + k]
+            means.append(centred @ self.enc_weight[j] + self.enc_bias[j])
+        mean = torch.cat(means, 1)  # [B, chunks, chunk_latent]
+        logvar = self.logvar[self.chunking.tensor.to(x.device)].expand_as(mean)
         return DiagonalGaussian(torch.cat([mean.flatten(1), logvar.flatten(1)], 1))
 
     def decode(self, z: Tensor) -> Tensor:
-        """z: `[B, chunks * chunk_latent]` -> flat `[B, L]` (zero past the layout's length)."""
-        ids = torch.arange(self.chunking.count, device=z.device)
-        flat = self.chunking.join(self.decode_chunks(z.reshape(len(z), self.chunking.count, -1), ids))
-        return F.pad(flat, (0, self.cfg.max_len - self.chunking.length))
+        """z: `[B, chunks * chunk_latent]` -> flat `[B, L]` (zero past the layout's length); the same numbers as
+        `decode_chunks` on every chunk, joined."""
+        zc, parts = z.reshape(len(z), self.chunking.count, -1), []
+        for j, (c0, k, _, n) in enumerate(self._spans()):
+            out = zc[:, c0:c0 + k] @ self.dec_weight[j] + self.dec_bias[j] + self.centre[c0:c0 + k]
+            parts.append(out.reshape(len(z), -1)[:, :n])
+        return F.pad(torch.cat(parts, 1), (0, self.cfg.max_len - self.chunking.length))
 
     def forward(self, x: Tensor, sample_posterior: bool = True, cond: Tensor | None = None
                 ) -> tuple[Tensor, DiagonalGaussian]:
