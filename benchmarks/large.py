@@ -1,6 +1,6 @@
 """End to end on a large zoo: 64 runs of a 1,000,060-weight network, zoo -> evaluate, as one `dvc exp run`.
 
-    python benchmarks/large.py [--runs 64] [--hidden 13334] [--name large-mlp] [--print]
+    python benchmarks/large.py [--runs 64] [--hidden 13334] [--name large-mlp] [--out metrics/large.json] [--print]
 
 The network is the built-in `mlp` (digits, one hidden layer) at `hidden` = 13,334: 75 * hidden + 10 =
 1,000,060 weights, with a batched forward, so the behavioural parts (refinement, evaluate) run it. The
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=13334)
     ap.add_argument("--name", default="large-mlp")
+    ap.add_argument("--out", default="metrics/large.json", help="where the JSON is also written")
     ap.add_argument("--print", action="store_true", help="print the dvc command (JSON) and exit")
     a = ap.parse_args()
     cmd = ["dvc", "exp", "run", "--temp", "--force", "-n", a.name, "evaluate"]  # --force: every stage, timed
@@ -63,8 +64,11 @@ def main() -> None:
         sys.exit(f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB -> MiB
     metrics = _experiments(json.loads(_dvc("exp", "show", "--json")))[a.name]
-    print(json.dumps({"experiment": a.name, "runs": a.runs, "weights": 75 * a.hidden + 10, "wall_s": round(wall, 1),
-                      "peak_rss_mib": round(peak, 1), **_point(a.name, metrics)}, indent=1))
+    out = {"experiment": a.name, "runs": a.runs, "weights": 75 * a.hidden + 10, "wall_s": round(wall, 1),
+           "peak_rss_mib": round(peak, 1), "test_models": metrics.get("models"), **_point(a.name, metrics),
+           "command": " ".join(cmd)}
+    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Networks of any size: ingest, chunk-codec training and reconstruction on MLPs of ~1.7k, 17k, 170k and
 1.7M weights, in one run.
 
-    python benchmarks/scale.py [--models 24] [--steps 40] [--batch 8] [--window 24] [--chunk-size 64]
+    python benchmarks/scale.py [--models 24] [--steps 100] [--batch 8] [--window 24] [--chunk-size 64]
 
 Each size runs in a fresh child process (so VmHWM is that size's own peak RSS):
 1. `--models` bare state_dicts of the built-in `mlp` at that width (`hidden` = 23, 227, 2,267, 22,667:
@@ -111,7 +111,7 @@ def child(hidden: int, models: int, steps: int, batch: int, window: int, chunk_s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=24)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--window", type=int, default=24, help="chunks; 24 fit in the smallest model's 29")
     ap.add_argument("--chunk-size", type=int, default=64)
