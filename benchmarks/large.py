@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from frontier import _dvc, _experiments, _point  # noqa: E402
+from frontier import _dvc, _experiments, _point
 
 
 def preset(runs: int, hidden: int) -> list[str]:

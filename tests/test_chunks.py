@@ -2,7 +2,6 @@
 layouts, the codec's full-rank identity, a training window that computes what the whole model computes on those
 chunks, and the codec through train -> encode -> reconstruct on a one-architecture zoo."""
 
-import json
 import math
 
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from weightvae.chunks import Chunking
-from weightvae.data import ZooDataModule, ZooDataset
+from weightvae.data import ZooDataset
 from weightvae.encode import EncodeParams, encode, read_latents
 from weightvae.ingest import IngestParams, ingest
 from weightvae.layout import Layout
