@@ -176,7 +176,7 @@ def tensor_sizes(layouts: dict[str, Any], codec: str) -> tuple[int, ...]:
     if codec != "chunk":
         return ()
     require(len(layouts) == 1, "train.codec", codec, f"the chunk codec takes one layout; these shards hold "
-            f"{len(layouts)} (train a VAE per architecture with train.dataset, or use codec: linear)")
+            f"{len(layouts)} (ingest each architecture's checkpoints into shards of their own, or use codec: linear)")
     (layout,) = layouts.values()
     return tuple(e["numel"] for e in layout["entries"] if e["learned"])
 
