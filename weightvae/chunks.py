@@ -18,7 +18,8 @@ from torch import Tensor
 
 
 class Chunking:
-    """How vectors of tensors with `sizes` (numel per learned tensor, in layout order) are cut into `size`-long chunks."""
+    """How vectors of tensors with `sizes` (numel per learned tensor, in layout order) are cut into chunks of
+    `size` values."""
 
     def __init__(self, sizes: Sequence[int], size: int):
         if size < 1:
@@ -40,8 +41,8 @@ class Chunking:
         self.gather = torch.where(self.mask, starts[self.tensor][:, None] + pos, torch.tensor(self.length))
 
     def cut(self, x: Tensor, chunks: Tensor | None = None) -> Tensor:
-        """Flat vectors `[B, length]` -> chunks `[B, count, size]` (or only the chunks numbered `chunks`, `[B, W, size]`);
-        padding is 0."""
+        """Flat vectors `[B, length]` -> chunks `[B, count, size]` (or only the chunks numbered `chunks`,
+        `[B, W, size]`); padding is 0."""
         if x.dim() != 2 or x.shape[1] != self.length:
             raise ValueError(f"expected flat vectors [B, {self.length}], got {list(x.shape)}")
         padded = torch.cat([x, x.new_zeros(len(x), 1)], 1)

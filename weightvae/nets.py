@@ -314,10 +314,10 @@ class ChunkVAE(nn.Module):
 
     @torch.no_grad()
     def init_pca(self, x: Tensor | Sequence[Tensor], block: int = 1) -> None:
-        """`centre` = the mean chunk of training vectors `x` (`[N, L]`, or N vectors `[L]` read as needed); each
-        tensor's encoder = the coordinates of its centred chunks along their top `chunk_latent` principal directions, divided by their std (a
-        floor of 1e-3 of the largest keeps directions the data hardly spans from amplifying noise); decoder =
-        the inverse. Two passes over blocks of `block` models, in float64: memory does not grow with N."""
+        """`centre` = the mean chunk of training vectors `x` (`[N, L]`, or N vectors `[L]` read as needed);
+        each tensor's encoder = the coordinates of its centred chunks along their top `chunk_latent` principal
+        directions, divided by their std (a floor of 1e-3 of the largest keeps directions the data hardly spans
+        from amplifying noise); decoder = the inverse. Two passes over blocks of `block` models, in float64: memory does not grow with N."""
         c, t, s, d = self.chunking, len(self.cfg.tensor_sizes), self.cfg.chunk_size, self.cfg.chunk_latent
 
         def blocks():
