@@ -317,7 +317,8 @@ class ChunkVAE(nn.Module):
         """`centre` = the mean chunk of training vectors `x` (`[N, L]`, or N vectors `[L]` read as needed);
         each tensor's encoder = the coordinates of its centred chunks along their top `chunk_latent` principal
         directions, divided by their std (a floor of 1e-3 of the largest keeps directions the data hardly spans
-        from amplifying noise); decoder = the inverse. Two passes over blocks of `block` models, in float64: memory does not grow with N."""
+        from amplifying noise); decoder = the inverse. Two passes over blocks of `block` models, in float64:
+        memory does not grow with N."""
         c, t, s, d = self.chunking, len(self.cfg.tensor_sizes), self.cfg.chunk_size, self.cfg.chunk_latent
 
         def blocks():
