@@ -4,17 +4,19 @@
 
 The network is the built-in `mlp` (digits, one hidden layer) at `hidden` = 13,334: 75 * hidden + 10 =
 1,000,060 weights, with a batched forward, so the behavioural parts (refinement, evaluate) run it. The
-preset (`preset()`, printed with `--print`) is a set of `-S` overrides of params.yaml: the zoo (8 epochs at
-batch 128, 2 checkpoints per run: epochs 2 and 8), ingest with 8 files in flight, the chunk codec trained on windows, encode with
-fewer refinement steps and smaller batches, reconstruct with 16 samples. It runs as
+preset (`preset()`, printed with `--print`) is a set of `-S` overrides of params.yaml: the zoo (8 epochs
+at batch 128, 2 checkpoints per run: epochs 2 and 8), ingest with 8 files in flight, the chunk codec
+trained on windows, encode with fewer refinement steps and smaller batches, reconstruct with 16 samples.
+It runs as
 
     dvc exp run --temp --force -n <name> evaluate -S ... (the preset)
 
-(a scratch copy of the committed code: the workspace keeps its own params and outputs; `--force` runs every
-stage even where DVC's run cache holds its outputs; `evaluate` as the target leaves the probe stage out), timed, with the peak RSS of its largest process (getrusage of the
-children: the stages run one after another, so this is the pipeline's peak). Then it reads the
-experiment's `metrics/eval.json` and prints JSON: wall time, peak RSS, held-out agreement, fidelity gain vs
-the oracle substitute, PCA of the same size, compression. Goal (issue 13): <= 30 min and <= 8 GiB on 2 cores.
+(a scratch copy of the committed code: the workspace keeps its own params and outputs; `--force` runs
+every stage even where DVC's run cache holds its outputs; `evaluate` as the target leaves the probe stage
+out), timed, with the peak RSS of its largest process (getrusage of the children: the stages run one
+after another, so this is the pipeline's peak). Then it reads the experiment's `metrics/eval.json` and
+prints JSON (also written to `--out`): wall time, peak RSS, held-out agreement, fidelity gain vs the
+oracle substitute, PCA of the same size, compression. Goal (issue 13): <= 30 min and <= 8 GiB on 2 cores.
 """
 
 import argparse

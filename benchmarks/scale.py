@@ -104,8 +104,11 @@ def child(hidden: int, models: int, steps: int, batch: int, window: int, chunk_s
             "ingest_models_per_s": round(models / ingest_s, 2),
             "train_weights_per_s": round(trained / train_s),
             "reconstruct_weights_per_s": round(n * weights / reconstruct_s),
-            "latent_values": int(model.net.latent_shape[0]), "compression": round(weights / model.net.latent_shape[0], 3),
-            "peak_rss_mib": round(peak_rss_mib(), 1), "peak_rss_mib_after": {k: round(v, 1) for k, v in rss.items()}, "data_mib": round(models * weights * 4 / 2**20, 1)}
+            "latent_values": int(model.net.latent_shape[0]),
+            "compression": round(weights / model.net.latent_shape[0], 3),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "peak_rss_mib_after": {k: round(v, 1) for k, v in rss.items()},
+            "data_mib": round(models * weights * 4 / 2**20, 1)}
 
 
 def main() -> None:
