@@ -12,7 +12,8 @@ Each size runs in a fresh child process (so VmHWM is that size's own peak RSS):
    chunks read by `ZooDataset(window=...)` through a DataLoader, data loading timed:
    `train_weights_per_s` = the real weights (padding not counted) in the windows of those steps / seconds.
 3. Every model encoded, decoded, turned back into a state_dict and written as safetensors (what the reconstruct
-   stage does per network): `reconstruct_weights_per_s`.
+   stage does per network), 4 at a time or fewer (`weightvae.data.rows_per_batch`: at most 1 M weights a
+   batch, as the stages batch them): `reconstruct_weights_per_s`.
 `peak_rss_mib` is the child's VmHWM; `data_mib` the float32 size of all its models' weights (the data itself,
 which ingest, the PCA start and the per-weight normalisation vectors hold), so `peak_rss_mib - data_mib` is
 what the rest costs. Goal (issue 13): `train_weights_per_s` within 2x across the sizes, and peak RSS flat
@@ -20,6 +21,7 @@ apart from the data. Prints JSON.
 """
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -40,7 +42,7 @@ def child(hidden: int, models: int, steps: int, batch: int, window: int, chunk_s
     from safetensors.torch import save_file
 
     from weightvae.archs import build_model
-    from weightvae.data import ZooDataModule, ZooDataset
+    from weightvae.data import ZooDataModule, ZooDataset, rows_per_batch
     from weightvae.ingest import IngestParams, ingest
     from weightvae.train import TrainParams, initial_module, tensor_sizes
 
@@ -65,7 +67,7 @@ def child(hidden: int, models: int, steps: int, batch: int, window: int, chunk_s
         shards = tmp / "shards"
         layouts = json.loads((shards / "layouts.json").read_text())
         train_ds = ZooDataset(shards, "train", window=window, chunk_size=chunk_size)
-        model = initial_module(p, train_ds, sorted(layouts), 4, None, tensor_sizes(layouts, "chunk"))
+        model = initial_module(p, train_ds, sorted(layouts), 4, None, tensor_sizes(layouts, p))
         rss["train_start"] = peak_rss_mib()
         opt = model.configure_optimizers()
         loader = ZooDataModule.loader(train_ds, batch, shuffle=True)
@@ -87,13 +89,17 @@ def child(hidden: int, models: int, steps: int, batch: int, window: int, chunk_s
             opt.step()
         train_s = time.perf_counter() - t0
         rss["train"] = peak_rss_mib()
+        # reconstruct runs in a process of its own in the pipeline: drop training's data (its memory map of the
+        # train split would otherwise be counted twice: each mapping of a page counts in RSS)
+        del it, loader, train_ds, opt, b, loss
+        gc.collect()
 
         model.eval()
         everything = [ZooDataset(shards, s) for s in ("train", "val", "test")]
         t0, n = time.perf_counter(), 0
         with torch.no_grad():
             for ds in everything:
-                for b in ZooDataModule.loader(ds, 4):
+                for b in ZooDataModule.loader(ds, rows_per_batch(4, ds.max_len)):
                     sds = model.reconstruct_to_model_weights(model.decode(model.encode(b).mean),
                                                              b["model_properties"])
                     for sd, props in zip(sds, b["model_properties"], strict=True):

@@ -3,6 +3,7 @@ import torch
 
 from weightvae.archs import build_model
 from weightvae.canonical import GROUPS, canonicalize, random_permutation
+from weightvae.shards import open_shard
 from weightvae.tasks import get_task
 
 
@@ -46,7 +47,7 @@ def test_ingest_canonicalize_writes_the_canonical_vectors(tiny_zoo, tmp_path):
     ingest(IngestParams(zoo_dir=str(out), canonicalize=True), tmp_path / "shards", log=lambda *_: None)
     table = pd.read_parquet(tmp_path / "shards" / "models.parquet")
     row = table[table.architecture == "cnn"].iloc[0]
-    vec = np.load(tmp_path / "shards" / f"{row.split}.npy")[row.row]
+    vec = open_shard(tmp_path / "shards", row.split, row.layout_id)[row.row]
     sd = torch.load(out / row.source_path, weights_only=True)["state_dict"]
     expected = Layout.from_state_dict(sd).flatten(canonicalize("cnn", sd))
     assert np.array_equal(vec[: len(expected)], expected.numpy())

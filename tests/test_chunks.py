@@ -234,10 +234,11 @@ def test_the_chunk_codec_trains_on_windows_encodes_and_reconstructs(mlp_shards, 
                                                           "fc2.weight": (10, 32), "fc2.bias": (10,)}
 
 
-def test_the_chunk_codec_on_two_layouts_is_one_error_naming_the_param(tiny_zoo, tmp_path, monkeypatch):
+def test_the_chunk_codec_on_two_layouts_without_windows_is_one_error_naming_the_param(tiny_zoo, tmp_path,
+                                                                                      monkeypatch):
     monkeypatch.chdir(tmp_path)
     ingest(IngestParams(zoo_dir=str(tiny_zoo[0]), workers=1), tmp_path / "shards", log=lambda *_: None)
-    with pytest.raises(ParamsError, match=r"train\.codec.*one layout; these shards hold 2"):
+    with pytest.raises(ParamsError, match=r"train\.window: None .*these shards hold 2 layouts.*set train\.window"):
         train(TrainParams(codec="chunk", max_epochs=1, accelerator="cpu"), tmp_path / "shards",
               tmp_path / "vae.ckpt", tmp_path / "lightning", tmp_path / "live")
     assert not (tmp_path / "vae.ckpt").exists()

@@ -83,7 +83,7 @@ def test_ingest_killed_midway_keeps_the_previous_output_and_the_next_run_complet
     for f in sorted(zoo.iterdir())[:10]:
         (tmp_path / "small" / f.name).write_bytes(f.read_bytes())
     ingest(IngestParams(zoo_dir=str(tmp_path / "small"), workers=1), out, log=lambda *_: None)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     params = tmp_path / "params.yaml"
     params.write_text("ingest:\n  workers: 2\n  chunk_size: 64\n")
     cmd = [sys.executable, "stages/ingest.py", "--params", str(params), "--zoo-dir", str(zoo), "--out", str(out),
@@ -94,7 +94,7 @@ def test_ingest_killed_midway_keeps_the_previous_output_and_the_next_run_complet
         time.sleep(0.3)  # into the middle of reading and writing 3,000 files (about 2 s of work)
         assert proc.poll() is None, "ingest ended before the kill: make the zoo bigger"
         _kill(proc)
-        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous output, untouched
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the previous output, untouched
         assert not metrics.exists()
         left = sorted(p.name for p in out.parent.iterdir() if p.name != "shards")
         assert len(left) == 1 and left[0].startswith(f".shards.{proc.pid}.") and left[0].endswith(".tmp"), left

@@ -34,6 +34,7 @@ from weightvae.ingest import IngestError, IngestParams, ingest
 from weightvae.layout import Layout
 from weightvae.params import ParamsError, load_section, run_command
 from weightvae.reconstruct import ReconstructParams
+from weightvae.shards import open_shard
 from weightvae.train import TrainParams
 from weightvae.zoo import ZooParams
 
@@ -145,11 +146,11 @@ def test_names_with_spaces_and_non_ascii_characters_are_ingested_and_recorded_ex
     assert sorted(rows) == sorted(names)
     assert rows["Läufe 2024 ✓/net 中文 #2.pt"]["id"] == "Läufe 2024 ✓/net 中文 #2"
     assert rows["run é 1.pt"]["id"] == "digits-cnn-0000/e001"  # zoo schema: the id comes from its properties
-    train = np.load(tmp_path / "out ß" / "train.npy")
     for name, r in rows.items():
         sd = torch.load(zoo / r["source_path"], weights_only=True)
         sd = sd.get("state_dict", sd)
-        assert np.array_equal(train[r["row"], :r["length"]], Layout.from_state_dict(sd).flatten(sd).numpy()), name
+        stored = open_shard(tmp_path / "out ß", "train", r["layout_id"])[r["row"]]
+        assert np.array_equal(stored, Layout.from_state_dict(sd).flatten(sd).numpy()), name
     # the stage prints and writes the same through a subprocess (UTF-8 paths on the command line and in JSON)
     bad = zoo / "kaputt ☠.pt"
     bad.write_bytes(b"")
@@ -195,10 +196,10 @@ def test_a_10000_file_zoo_with_one_bad_file_ingests_9999_and_reports_the_one(tmp
     m = ingest(IngestParams(zoo_dir=str(zoo), on_error="skip", workers=2), tmp_path / "out", **quiet)
     assert m["models"] == 9999 and m["files"] == 10_000 and m["rejected_count"] == 1
     assert m["rejected"][0]["path"] == "m06789.pt" and "truncated or corrupt" in m["rejected"][0]["reason"]
-    rows = pq.read_table(tmp_path / "out" / "models.parquet", columns=["id", "split", "row"]).to_pylist()
+    rows = pq.read_table(tmp_path / "out" / "models.parquet", columns=["id", "split", "row", "layout_id"]).to_pylist()
     assert len(rows) == 9999 and "m06789" not in {r["id"] for r in rows}
-    shards = {s: np.load(tmp_path / "out" / f"{s}.npy", mmap_mode="r") for s in ("train", "val", "test")}
-    assert sum(len(a) for a in shards.values()) == 9999
+    shards = {s: open_shard(tmp_path / "out", s, rows[0]["layout_id"]) for s in ("train", "val", "test")}
+    assert sum(len(a) for a in shards.values()) == 9999  # one layout
     for r in rows[::997]:  # a sample, end to end
         i = int(r["id"][1:])
         assert np.array_equal(shards[r["split"]][r["row"]], torch.cat([w[i].flatten(), b[i]]).numpy())

@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 import pickle
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from weightvae import FORMAT_VERSION, canonical
+from weightvae import shards as shards_module
 from weightvae.ingest import SPLITS, IngestError, IngestParams, ingest, split_of
 from weightvae.layout import Layout
 from weightvae.params import ParamsError, build
@@ -38,6 +40,11 @@ def _table(out):
     return pq.read_table(out / "models.parquet").to_pylist()
 
 
+def _files(folder):
+    """Every file under `folder`, as paths relative to it."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
 def _mini_zoo(tiny_zoo, path, n=2):
     """A folder with the first n files of the tiny zoo (digits-cnn-0000, epochs 1 and 2)."""
     path.mkdir()
@@ -49,10 +56,11 @@ def _mini_zoo(tiny_zoo, path, n=2):
 def test_outputs_hold_every_checkpoint_once_with_its_exact_vector(tiny_zoo, shards):
     out, metrics = shards
     assert sorted(p.name for p in out.iterdir()) == ["layouts.json", "manifest.json", "models.parquet", "stats.json",
-                                                     "test.npy", "train.npy", "val.npy"]
+                                                     "test", "train", "val"]
     rows = _table(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format_version"] == FORMAT_VERSION and manifest["max_len"] == 2410  # the longest (mlp)
+    assert manifest["shard_format"] == shards_module.VERSION
     assert len(rows) == metrics["models"] == 10 and len({r["id"] for r in rows}) == 10
     assert metrics["rejected"] == [] and metrics["splits"] == {s: sum(r["split"] == s for r in rows) for s in SPLITS}
     order = [(SPLITS.index(r["split"]), r["id"]) for r in rows]
@@ -60,11 +68,17 @@ def test_outputs_hold_every_checkpoint_once_with_its_exact_vector(tiny_zoo, shar
     layouts = {k: Layout.from_dict(v) for k, v in json.loads((out / "layouts.json").read_text()).items()}
     assert {r["architecture"]: r["layout_id"] for r in rows} == {"cnn": "8368dcb6efaeaf34",
                                                                  "mlp": layouts["5fc5166322bf187e"].layout_id}
-    for split in SPLITS:
-        arr = np.load(out / f"{split}.npy", mmap_mode="r")
-        part = [r for r in rows if r["split"] == split]
-        assert arr.dtype == np.float32 and arr.shape == (len(part), 2410)
+    stored = 0
+    for split, lid in itertools.product(SPLITS, layouts):
+        part = [r for r in rows if r["split"] == split and r["layout_id"] == lid]
+        path = out / split / f"{lid}.npy"
+        if not part:  # no empty arrays
+            assert not path.exists()
+            continue
+        arr = np.load(path, mmap_mode="r")
+        assert arr.dtype == np.float32 and arr.shape == (len(part), layouts[lid].length)  # its own length
         assert [r["row"] for r in part] == list(range(len(part)))
+        stored += os.path.getsize(path) - arr.offset
         for r in part:
             rec = torch.load(tiny_zoo[0] / r["source_path"], weights_only=True)
             mp = rec["model_properties"]
@@ -73,17 +87,17 @@ def test_outputs_hold_every_checkpoint_once_with_its_exact_vector(tiny_zoo, shar
             # ingest.canonicalize (the default) sorts a known architecture's hidden units: the same function
             canon = canonical.canonicalize(mp["architecture"]["name"], rec["state_dict"])
             vec = layouts[r["layout_id"]].flatten(canon).numpy()
-            assert r["length"] == len(vec) and np.array_equal(arr[r["row"], :len(vec)], vec)
-            assert not arr[r["row"], len(vec):].any()  # zero padding
+            assert r["length"] == len(vec) and np.array_equal(arr[r["row"]], vec)
+    assert stored == 4 * sum(r["length"] for r in rows) < 4 * 2410 * len(rows)  # a cnn is not padded to the mlp
 
 
 def test_stats_are_the_train_split_mean_and_std_of_each_tensor(shards):
     out, _ = shards
     rows = [r for r in _table(out) if r["split"] == "train"]
-    train = np.load(out / "train.npy").astype(np.float64)
     stats = json.loads((out / "stats.json").read_text())
     for lid, d in json.loads((out / "layouts.json").read_text()).items():
-        mine = train[[r["row"] for r in rows if r["layout_id"] == lid]]
+        mine = np.load(out / "train" / f"{lid}.npy").astype(np.float64)
+        assert len(mine) == sum(r["layout_id"] == lid for r in rows)
         assert stats[lid]["train_count"] == len(mine) > 0
         for e in Layout.from_dict(d).learned:
             x = mine[:, e.offset:e.offset + e.numel]
@@ -123,21 +137,20 @@ def _ingest_to(zoo, out, **kw):
 def test_outputs_are_byte_identical_across_runs_and_worker_counts(tiny_zoo, shards, tmp_path):
     out, _ = shards
     again = _ingest_to(tiny_zoo[0], tmp_path / "w2", workers=2, chunk_size=1)  # 10 chunks through 2 processes
-    names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(p.name for p in again.iterdir())
+    names = _files(out)
+    assert names == _files(again) and len(names) > 4
     for n in names:
         assert (out / n).read_bytes() == (again / n).read_bytes(), n
 
 
 def test_long_models_are_written_in_smaller_blocks_with_the_same_shards(tiny_zoo, shards, tmp_path, monkeypatch):
-    """Blocks hold at most `_BLOCK_VALUES` values (a block per model here): the shards are byte-identical, the
+    """Blocks hold at most `BLOCK_VALUES` values (a block per model here): the shards are byte-identical, the
     statistics equal up to the order of float64 sums, and the manifest unchanged."""
-    import weightvae.ingest as ingest_module
-
     out, _ = shards
-    monkeypatch.setattr(ingest_module, "_BLOCK_VALUES", 1)
+    monkeypatch.setattr(shards_module, "BLOCK_VALUES", 1)
     small = _ingest_to(tiny_zoo[0], tmp_path / "small")
-    for name in (*(f"{s}.npy" for s in SPLITS), "models.parquet", "layouts.json", "manifest.json"):
+    assert _files(out) == _files(small)
+    for name in _files(out) - {"stats.json"}:
         assert (out / name).read_bytes() == (small / name).read_bytes(), name
     a, b = (json.loads((d / "stats.json").read_text()) for d in (out, small))
     assert a.keys() == b.keys()
@@ -264,11 +277,11 @@ def test_a_model_longer_than_max_len_is_refused_never_truncated(tiny_zoo, tmp_pa
     m = _ingest(tiny_zoo[0], tmp_path / "out", max_len=2000, on_error="skip")
     assert m["models"] == 6 and m["max_len"] == 2000
     assert sorted(r["path"] for r in m["rejected"]) == sorted(p.name for p in tiny_zoo[0].glob("*mlp*"))
-    assert np.load(tmp_path / "out" / "train.npy").shape[1] == 2000
+    assert [p.name for p in (tmp_path / "out" / "train").iterdir()] == ["8368dcb6efaeaf34.npy"]  # cnns alone
     m = _ingest(tiny_zoo[0], tmp_path / "out", max_len=3000, split=(1.0, 0.0, 0.0))
     assert m["max_len"] == 3000 and m["splits"] == {"train": 10, "val": 0, "test": 0}
-    for split in ("val", "test"):  # empty splits are [0, max_len], and memory-mappable
-        assert np.load(tmp_path / "out" / f"{split}.npy", mmap_mode="r").shape == (0, 3000)
+    assert not (tmp_path / "out" / "val").exists()  # a split without models has no arrays
+    assert shards_module.open_shard(tmp_path / "out", "val", "8368dcb6efaeaf34").shape == (0, 0)
 
 
 class BNNet(nn.Module):
@@ -297,13 +310,13 @@ def test_plain_state_dicts_and_safetensors_are_accepted(tmp_path):
     rows = {r["source_path"]: r for r in _table(tmp_path / "out")}
     # run ids (ingest.run_id_from: auto): the sub-folder for a file in one, else the file's stem
     assert {r["id"]: r["run_id"] for r in rows.values()} == {"sub/net-a": "sub", "net-b": "net-b", "net-c": "net-c"}
-    train = np.load(tmp_path / "out" / "train.npy")
     for name, sd in sds.items():
         r = rows[name]
         assert r["task"] == "unknown" and r["architecture"] == "unknown" and r["epoch"] is None
         assert r["test_acc"] is None and json.loads(r["arch_kwargs"]) == {}
         layout = Layout.from_dict(json.loads((tmp_path / "out" / "layouts.json").read_text())[r["layout_id"]])
-        back = layout.unflatten(torch.from_numpy(train[r["row"], :r["length"]]), json.loads(r["buffers"]))
+        stored = shards_module.open_shard(tmp_path / "out", "train", r["layout_id"])[r["row"]]
+        back = layout.unflatten(torch.from_numpy(stored.copy()), json.loads(r["buffers"]))
         assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in sd.items())
     # format: weightvae insists on the zoo schema
     with pytest.raises(IngestError, match="is not in the zoo schema"):
@@ -373,7 +386,7 @@ def test_stage_runs_end_to_end_and_fails_with_one_line(tiny_zoo, tmp_path):
     assert "ingest: 10 models (5 runs, 2 layouts, max_len 2410)" in proc.stdout
     metrics = json.loads((tmp_path / "metrics" / "ingest.json").read_text())
     assert metrics["models"] == 10 and metrics["models_per_s"] > 0 and metrics["tasks"]["digits"]["train"] > 0
-    assert (tmp_path / "shards" / "train.npy").exists()
+    assert (tmp_path / "shards" / "train").is_dir()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # zoo_dir from params: missing
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"weightvae ingest: {tmp_path / 'nowhere'}: zoo folder not found. "

@@ -12,6 +12,7 @@ from weightvae import canonical
 from weightvae.archs import build_model
 from weightvae.ingest import IngestError, IngestParams, ingest, split_of
 from weightvae.layout import Layout
+from weightvae.shards import open_shard
 
 quiet = {"log": lambda *_: None}
 
@@ -25,7 +26,7 @@ def _rows(out):
 
 
 def _vector(out, row):
-    return np.load(out / f"{row['split']}.npy", mmap_mode="r")[row["row"], :row["length"]]
+    return open_shard(out, row["split"], row["layout_id"])[row["row"]]
 
 
 def _metrics(acc, it=None):
@@ -108,7 +109,9 @@ def test_model_zoos_layout_is_ingested_with_epochs_metrics_and_run_splits(modelz
         assert np.array_equal(_vector(tmp_path / "auto", r), Layout.from_state_dict(sd).flatten(canon).numpy())
     # format: modelzoo reads the same files the same way
     _ingest(root, tmp_path / "mz", format="modelzoo")
-    for name in ("models.parquet", "train.npy", "val.npy", "test.npy", "layouts.json", "stats.json"):
+    files = {p.relative_to(tmp_path / "auto") for p in (tmp_path / "auto").rglob("*.npy")}
+    assert files and files == {p.relative_to(tmp_path / "mz") for p in (tmp_path / "mz").rglob("*.npy")}
+    for name in ("models.parquet", "layouts.json", "stats.json", *files):
         assert (tmp_path / "auto" / name).read_bytes() == (tmp_path / "mz" / name).read_bytes(), name
 
 

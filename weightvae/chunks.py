@@ -33,12 +33,16 @@ class Chunking:
         #: [count] the learned tensor (layer) each chunk belongs to, and its position inside that tensor
         self.tensor = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
         self.index = torch.cat([torch.arange(c) for c in counts])
-        # [count, size] where each chunk entry comes from in the flat vector; `length` = the zero pad slot
-        starts = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)
-        pos = self.index[:, None] * size + torch.arange(size)[None, :]  # position inside the tensor
-        ends = torch.tensor(self.sizes)[self.tensor][:, None]
-        self.mask = pos < ends  # [count, size] True for real values
-        self.gather = torch.where(self.mask, starts[self.tensor][:, None] + pos, torch.tensor(self.length))
+        #: [count] where each chunk starts in the flat vector, and how many real values it holds
+        self.start = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)[self.tensor] + self.index * size
+        self.valid = torch.minimum(torch.tensor(self.sizes)[self.tensor] - self.index * size, torch.tensor(size))
+        self.mask = torch.arange(size)[None, :] < self.valid[:, None]  # [count, size] True for real values
+
+    def _gather(self, chunks: slice | Tensor) -> Tensor:
+        """`[n, size]` where each entry of the chunks `chunks` comes from in the flat vector (`length`: the zero
+        pad slot). Computed per call from per-chunk numbers: nothing per weight is kept but the bool mask."""
+        pos = self.start[chunks][:, None] + torch.arange(self.size)[None, :]
+        return torch.where(self.mask[chunks], pos, self.length)
 
     def cut(self, x: Tensor, chunks: Tensor | None = None) -> Tensor:
         """Flat vectors `[B, length]` -> chunks `[B, count, size]` (or only the chunks numbered `chunks`,
@@ -46,15 +50,13 @@ class Chunking:
         if x.dim() != 2 or x.shape[1] != self.length:
             raise ValueError(f"expected flat vectors [B, {self.length}], got {list(x.shape)}")
         padded = torch.cat([x, x.new_zeros(len(x), 1)], 1)
-        idx = self.gather if chunks is None else self.gather[chunks.cpu()]
+        idx = self._gather(slice(None) if chunks is None else chunks.cpu())
         return padded[:, idx.to(x.device)]
 
     def span(self, first: int, count: int) -> tuple[int, int]:
         """The flat range `[lo, hi)` that chunks `first .. first + count - 1` cover (what a window reads)."""
         last = first + count - 1
-        lo = int(self.gather[first, 0])
-        hi = int(self.gather[last][self.mask[last]].max()) + 1
-        return lo, hi
+        return int(self.start[first]), int(self.start[last] + self.valid[last])
 
     def cut_span(self, values: Tensor, first: int, count: int) -> Tensor:
         """Chunks `first .. first + count - 1` `[count, size]` from `values`, the flat range `span(first, count)`
@@ -62,7 +64,7 @@ class Chunking:
         lo, hi = self.span(first, count)
         if values.shape != (hi - lo,):
             raise ValueError(f"expected the {hi - lo} values of flat range [{lo}, {hi}), got {list(values.shape)}")
-        idx = self.gather[first:first + count]
+        idx = self._gather(slice(first, first + count))
         idx = torch.where(self.mask[first:first + count], idx - lo, hi - lo)
         return torch.cat([values, values.new_zeros(1)])[idx]
 

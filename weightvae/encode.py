@@ -30,8 +30,7 @@ import torch
 from weightvae.io import atomic_path, write_json
 from weightvae.params import load_section, require
 from weightvae.progress import Progress
-
-SPLITS = ("train", "val", "test")
+from weightvae.shards import SPLITS
 
 
 @dataclass(frozen=True)
@@ -59,17 +58,21 @@ class EncodeParams:
 
 def encode(p: EncodeParams, shards: str | Path, model_path: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the latents of every model of `p.splits` to `out` (Parquet); returns the stage's metrics."""
-    from weightvae.data import ZooDataModule, ZooDataset
+    from weightvae.data import ZooDataModule, ZooDataset, rows_per_batch
     from weightvae.model import VAE
     from weightvae.refine import refine
 
     t0 = time.perf_counter()
     model = VAE.from_export(str(model_path))
     rows: list[dict[str, Any]] = []
-    datasets = {s: ZooDataset(shards, s, normalize=model.normalize, max_len=model.cfg.max_len) for s in p.splits}
+    # a layout at a time: the chunk codec codes each network at its own length, never padded to the longest
+    own = model.cfg.codec == "chunk" and len(model.layout_ids) > 1
+    datasets = {(s, lid): ZooDataset(shards, s, normalize=model.normalize, layout_id=lid,
+                                     max_len=None if own else model.cfg.max_len)
+                for s in p.splits for lid in model.layout_ids}
     with Progress("encode", total=sum(len(d) for d in datasets.values()), unit="networks") as bar:
-        for split, ds in datasets.items():
-            for batch in ZooDataModule.loader(ds, batch_size=p.batch_size):
+        for (split, _), ds in datasets.items():
+            for batch in ZooDataModule.loader(ds, batch_size=rows_per_batch(p.batch_size, ds.max_len)):
                 x, props = batch["weight"], batch["model_properties"]
                 lids = model.batch_layout_ids(batch, len(x))
                 keys = model.batch_function_keys(batch, lids)
@@ -101,20 +104,28 @@ def write_latents(path: str | Path, rows: list[dict[str, Any]]) -> None:
         pq.write_table(table, tmp)
 
 
-def read_latents(path: str | Path, split: str | None = None) -> tuple[list[dict[str, Any]], torch.Tensor]:
-    """(rows without `latent`, latents `[N, latent_size]` float32) of one split (or all), in file order."""
+def read_latents(path: str | Path, split: str | None = None,
+                 layout_id: str | None = None) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """(rows without `latent`, latents `[N, latent_size]` float32) of one split (or all) and one layout (or
+    all), in file order. The chunk codec's codes on a joint zoo are as long as their network needs: read those
+    a layout at a time."""
     table = pq.read_table(path)
-    if split is not None:
-        table = table.filter(pc.equal(table["split"], split))
+    for column, value in (("split", split), ("layout_id", layout_id)):
+        if value is not None:
+            table = table.filter(pc.equal(table[column], value))
     latent = table.column("latent").to_pylist()
     rows = table.drop(["latent"]).to_pylist()
+    if len({len(v) for v in latent}) > 1:
+        raise ValueError(f"{path}: codes of {len({len(v) for v in latent})} lengths (a chunk codec on several "
+                         "layouts); read one layout at a time (layout_id=...)")
     z = torch.tensor(np.asarray(latent, dtype=np.float32)) if latent else torch.zeros(0, 0)
     return rows, z
 
 
 def _metrics(rows: list[dict[str, Any]], model, p: EncodeParams, seconds: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"latent_size": int(np.prod(model.net.latent_shape)), "refine_steps": p.refine_steps,
-                           "splits": {}}
+    sizes = {lid: model.latent_size(lid) for lid in model.layout_ids} or {"": model.latent_size()}
+    out: dict[str, Any] = {"latent_size": sizes.popitem()[1] if len(set(sizes.values())) == 1 else sizes,
+                           "refine_steps": p.refine_steps, "splits": {}}
     for split in p.splits:
         mine = [r for r in rows if r["split"] == split]
         ran = [r for r in mine if r["behaviour_kl"] is not None]

@@ -38,6 +38,7 @@ from weightvae.params import StageError, load_section, require
 from weightvae.progress import Progress
 from weightvae.records import POOL_FILE, file_name, pool_key
 from weightvae.registry import ENABLE_HINT, check_spec, register
+from weightvae.shards import open_shard
 from weightvae.tasks import TASKS, get_task
 
 VAE = "vae"
@@ -120,7 +121,6 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path,
                             f"{p.split!r} to reconstruct.splits (or choose another evaluate.split) and rerun reconstruct")
     table = pd.read_parquet(shards / "models.parquet")
     layouts = {k: Layout.from_dict(v) for k, v in json.loads((shards / "layouts.json").read_text()).items()}
-    shard = {s: np.load(shards / f"{s}.npy", mmap_mode="r") for s in ("train", p.split)}
     latent_sizes = _latent_sizes(latents)
     pools = json.loads((recon_dir / "samples" / POOL_FILE).read_text()) \
         if (recon_dir / "samples" / POOL_FILE).exists() else {}
@@ -141,10 +141,9 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path,
         if len(train) == 0:
             skipped.append(f"{key}: no training-split models")
             continue
-        n = layout.length
-        g = _Group(key, task, arch, layout, test, train,
-                   torch.from_numpy(np.asarray(shard[p.split][test.row.to_numpy(), :n], dtype=np.float32)),
-                   torch.from_numpy(np.asarray(shard["train"][train.row.to_numpy(), :n], dtype=np.float32)))
+        g = _Group(key, task, arch, layout, test, train, *(
+            torch.from_numpy(np.asarray(open_shard(shards, s, layout_id)[t.row.to_numpy()], dtype=np.float32))
+            for s, t in ((p.split, test), ("train", train))))
         recon = torch.stack([_load_flat(layout, recon_dir / p.split / file_name(i)) for i in test.id])
         sizes = {latent_sizes.get(i) for i in test.id}
         k = sizes.pop() if len(sizes) == 1 else None  # None: no latents written for this group

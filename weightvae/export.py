@@ -26,6 +26,7 @@ from weightvae import FORMAT_VERSION, tensorfile
 from weightvae.io import atomic_path
 from weightvae.layout import Layout
 from weightvae.params import StageError
+from weightvae.shards import open_shard
 
 FORMATS = ("safetensors", "pt")
 KINDS = ("original", "reconstruction", "sample")
@@ -48,7 +49,7 @@ def original_record(shards: str | Path, model_id: str) -> dict[str, Any]:
         raise ExportError(f"{model_id!r}: no such model in {shards / 'models.parquet'}" + _suggest(model_id, ids))
     r = rows[0]
     layout = Layout.from_dict(json.loads((shards / "layouts.json").read_text())[r["layout_id"]])
-    vec = np.load(shards / f"{r['split']}.npy", mmap_mode="r")[r["row"], :r["length"]]
+    vec = open_shard(shards, r["split"], r["layout_id"])[r["row"]]
     sd = layout.unflatten(torch.from_numpy(np.array(vec, dtype=np.float32)), json.loads(r["buffers"]))
     return {"state_dict": sd, "model_properties": {
         "format_version": FORMAT_VERSION, "run_id": r["run_id"], "task": r["task"],

@@ -9,6 +9,7 @@ self-describing file that loads without a Trainer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,7 +47,8 @@ class VAE(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = VAEConfig(**{**vae, "channels": tuple(vae.get("channels", VAEConfig.channels)),
-                                "tensor_sizes": tuple(vae.get("tensor_sizes", ()))})
+                                "tensor_sizes": tuple(vae.get("tensor_sizes", ())),
+                                "layout_tensors": tuple(vae.get("layout_tensors", ()))})
         self.loss_cfg = LossConfig(**(loss or {}))
         self.net = build_net(self.cfg)
         self.layout_ids = list(layout_ids)
@@ -77,8 +79,12 @@ class VAE(L.LightningModule):
     def denormalize(self, x: Tensor, layout_ids: Sequence[str]) -> Tensor:
         if not self.normalize:
             return x
+        n = x.shape[1]  # the chunk codec on several layouts gives each layout's own length
+        if len(set(layout_ids)) == 1:  # one layout: its buffers broadcast, no per-row copies
+            r = self.layout_ids.index(layout_ids[0])
+            return (x * self.norm_std[r, :n]).add_(self.norm_mean[r, :n])
         rows = torch.tensor([self.layout_ids.index(lid) for lid in layout_ids], device=x.device)
-        return x * self.norm_std[rows] + self.norm_mean[rows]
+        return x * self.norm_std[rows, :n] + self.norm_mean[rows, :n]
 
     # ---- the interface researchers expect
     def get_input(self, batch: Mapping[str, Any] | Tensor) -> Tensor:
@@ -152,15 +158,37 @@ class VAE(L.LightningModule):
                 x.new_zeros(len(x), self.cfg.cond_dim)
         return cond, ref, valid
 
+    def _layout(self, layout_ids: Sequence[str] | None) -> dict[str, int]:
+        """The chunk codec codes one layout at a time: `{"layout": its index}` for rows of one layout (other
+        codecs: `{}`, every layout shares one padded length)."""
+        if self.cfg.codec != "chunk":
+            return {}
+        if layout_ids is None and len(self.layout_ids) > 1:
+            raise ValueError(f"this chunk codec knows {len(self.layout_ids)} layouts: say which (layout_ids)")
+        lids = set(layout_ids) if layout_ids is not None else set(self.layout_ids[:1])
+        if len(lids) != 1 or (self.layout_ids and not lids <= set(self.layout_ids)):
+            raise ValueError(f"the chunk codec codes one layout at a time; got layouts {sorted(lids)} "
+                             f"(this VAE knows {self.layout_ids}): batch networks by layout")
+        return {"layout": self.layout_ids.index(lids.pop()) if self.layout_ids else 0}
+
+    def latent_size(self, layout_id: str | None = None) -> int:
+        """Latent values per model (of `layout_id`: the chunk codec's codes are as long as their network needs)."""
+        if self.cfg.codec == "chunk":
+            return self.net.latent_shapes[self._layout(None if layout_id is None else [layout_id])["layout"]][0]
+        return math.prod(self.net.latent_shape)
+
     def encode(self, batch: Mapping[str, Any] | Tensor) -> DiagonalGaussian:
         """Batch dict or flat `[B, L]` -> posterior (the function signature is computed here if used)."""
         x = self._flat(batch)
         lids = self.batch_layout_ids(batch, len(x))
         cond, _, _ = self._cond(x, lids, self.batch_function_keys(batch, lids))
-        return self.net.encode(x, cond)
+        return self.net.encode(x, cond, **self._layout(lids))
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Codes `[B, *latent_shape]`, or flat `[B, latent values]` as the latents table stores them -> `[B, L]`."""
+    def decode(self, z: Tensor, layout_ids: Sequence[str] | None = None) -> Tensor:
+        """Codes `[B, *latent_shape]`, or flat `[B, latent values]` as the latents table stores them -> `[B, L]`.
+        The chunk codec on several layouts needs the rows' `layout_ids` (one layout per call)."""
+        if self.cfg.codec == "chunk":
+            return self.net.decode(z.reshape(len(z), -1), **self._layout(layout_ids))
         return self.net.decode(z.reshape(len(z), *self.net.latent_shape))
 
     def forward(self, batch: Mapping[str, Any] | Tensor, sample_posterior: bool = True):
@@ -168,7 +196,7 @@ class VAE(L.LightningModule):
         x = self._flat(batch)
         lids = self.batch_layout_ids(batch, len(x))
         cond, _, _ = self._cond(x, lids, self.batch_function_keys(batch, lids))
-        recon, posterior = self.net(x, sample_posterior, cond)
+        recon, posterior = self.net(x, sample_posterior, cond, **self._layout(lids))
         if isinstance(batch, Mapping):
             return x, recon, posterior, batch.get("model_properties")
         return x, recon, posterior
@@ -187,11 +215,16 @@ class VAE(L.LightningModule):
             out.append(layout.unflatten(vec[: layout.length], props.get("buffers") or {}))
         return out
 
+    def prior_latents(self, n: int, generator: torch.Generator | None = None, layout_id: str | None = None) -> Tensor:
+        """n codes drawn from the prior N(0, I), `[n, *latent_shape]` (of `layout_id`: the chunk codec)."""
+        shape = (self.latent_size(layout_id),) if self.cfg.codec == "chunk" else self.net.latent_shape
+        return torch.randn((n, *shape), generator=generator)
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n draws from the prior, decoded to flat normalised vectors `[n, L]`."""
-        z = torch.randn((n, *self.net.latent_shape), generator=generator).to(self.device)
-        return self.decode(z)
+    def sample(self, n: int, generator: torch.Generator | None = None, layout_id: str | None = None) -> Tensor:
+        """n draws from the prior, decoded to flat normalised vectors `[n, L]` (of `layout_id`: chunk codec)."""
+        z = self.prior_latents(n, generator, layout_id).to(self.device)
+        return self.decode(z, None if layout_id is None else [layout_id] * n)
 
     # ---- training
     def _masks(self, batch: Mapping[str, Any] | Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -210,11 +243,11 @@ class VAE(L.LightningModule):
         inp = x
         if self.training and self.loss_cfg.input_noise > 0:
             inp = x + self.loss_cfg.input_noise * torch.randn_like(x) * mask
-        posterior = self.net.encode(inp, cond)
+        posterior = self.net.encode(inp, cond, **self._layout(layout_ids))
         z = posterior.sample() if sample_posterior else posterior.mode()
         if self.training and self.loss_cfg.latent_noise > 0:
             z = z + self.loss_cfg.latent_noise * torch.randn_like(z)
-        recon = self.net.decode(z)
+        recon = self.net.decode(z, **self._layout(layout_ids))
         assert recon.shape == x.shape
         terms = {"mse": masked_mse(x, recon, mask), "kl": posterior.kl().mean()}
         if self.loss_cfg.loss == "layer":
@@ -236,18 +269,22 @@ class VAE(L.LightningModule):
     def _window_terms(self, batch: Mapping[str, Any], sample_posterior: bool) -> dict[str, Tensor]:
         """The weight losses on windows of chunks (`batch["chunks"]` `[B, W, size]`, numbered `batch["chunk_ids"]`
         `[B, W]`; `ZooDataset(window=...)` reads them): the chunk codec's training step, whose memory does not
-        grow with the model. The KL is scaled by chunks / window, an unbiased estimate of the whole code's."""
+        grow with the model. Each row's KL is scaled by its model's chunks / window, an unbiased estimate of the
+        whole code's."""
         chunking = self.net.chunking
         chunks = batch["chunks"].to(self.device, torch.float32)
-        ids = batch["chunk_ids"].to(self.device)
+        ids = batch["chunk_ids"].to(self.device).expand(*chunks.shape[:2])
         mean, logvar = self.net.encode_chunks(chunks, ids)
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample_posterior else mean
         recon = self.net.decode_chunks(z, ids)
         mask = chunking.mask.to(self.device)[ids]  # [B, W, size]
         layer = torch.where(mask, chunking.tensor.to(self.device)[ids][..., None], -1)
         flat, rflat = chunks.flatten(1), recon.flatten(1)
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
-        terms = {"mse": masked_mse(flat, rflat, mask.flatten(1).to(flat)), "kl": kl * chunking.count / ids.shape[1]}
+        layout = self.net.chunk_layout.to(self.device)[ids[:, 0]]  # [B] each row's layout
+        counts = torch.tensor(self.net.chunk_counts, device=self.device)[layout]
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)  # [B]
+        terms = {"mse": masked_mse(flat, rflat, mask.flatten(1).to(flat)),
+                 "kl": (kl * counts / ids.shape[1]).mean()}
         terms["recon"] = (layerwise_mse(flat, rflat, layer.flatten(1), self.n_layers)
                           if self.loss_cfg.loss == "layer" else terms["mse"])
         terms["loss"] = terms["recon"] + self.loss_cfg.kl_weight * terms["kl"]

@@ -1,7 +1,8 @@
 """The networks of the weight VAE: encoders and decoders over flat, standardised weight vectors.
 
-Everything enters and leaves as flat `[B, L]` (L = the longest layout, shorter ones zero-padded);
-the posterior is a `DiagonalGaussian` over `[B, *latent_shape]`. Two codecs:
+Everything enters and leaves as flat `[B, L]` (L = the longest layout, shorter ones zero-padded; the chunk
+codec on several layouts: each layout's own length); the posterior is a `DiagonalGaussian` over
+`[B, *latent_shape]`. Three codecs (`ChunkVAE`, `codec: chunk`, is described at its class):
 
 `LinearVAE` (`codec: linear`): an affine map each way between the weights and a flat latent, started
 as whitened PCA of the training weights, so at step 0 the code is the top `latent_dim` principal
@@ -56,7 +57,8 @@ class VAEConfig:
     latent_channels: int = 1
     chunk_size: int = 64  # chunk codec: values per chunk
     chunk_latent: int = 16  # chunk codec: latent values per chunk (compression ~ chunk_size / chunk_latent)
-    tensor_sizes: tuple[int, ...] = ()  # chunk codec: numel of each learned tensor of the (one) layout
+    tensor_sizes: tuple[int, ...] = ()  # chunk codec: numel of each learned tensor, layout after layout
+    layout_tensors: tuple[int, ...] = ()  # chunk codec: learned tensors of each layout (() = one layout)
 
     @staticmethod
     def d2nwg(max_len: int) -> VAEConfig:
@@ -296,8 +298,12 @@ class ChunkVAE(nn.Module):
     (`weightvae.chunks`) maps to `chunk_latent` values and back through that tensor's own affine maps, around
     the train split's mean of that chunk. Parameters and activations per chunk do not depend on the model's
     size, so training can take windows of chunks (`encode_chunks`/`decode_chunks`); `encode`/`decode` run
-    every chunk of whole models, `[B, L]` <-> `[B, chunks * chunk_latent]`. `init_pca` starts each tensor's
-    maps as whitened PCA of its chunks, as `LinearVAE` does for whole vectors. One layout per VAE."""
+    every chunk of whole models of one layout, `[B, L]` <-> `[B, chunks * chunk_latent]`. `init_pca` starts
+    each tensor's maps as whitened PCA of its chunks, as `LinearVAE` does for whole vectors.
+
+    Several layouts (a joint zoo): the tensors of every layout, one layout after the other, are cut by one
+    `Chunking`, so a chunk's number says its layout and tensor; each model is coded at its own length (a code
+    of its layout's chunks: codes are as long as their network needs), never padded to the longest."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -310,39 +316,67 @@ class ChunkVAE(nn.Module):
         self.logvar = nn.Parameter(torch.full((t, d), -9.0))  # per tensor, not per input: the posterior's spread
         self.dec_weight, self.dec_bias = nn.Parameter(torch.zeros(t, d, s)), nn.Parameter(torch.zeros(t, s))
         self.register_buffer("centre", torch.zeros(self.chunking.count, s))  # train mean of each chunk, fixed
-        self.latent_shape: tuple[int, ...] = (self.chunking.count * d,)
+        counts = cfg.layout_tensors or (t,)
+        assert sum(counts) == t and all(n > 0 for n in counts), f"layout_tensors {counts} for {t} tensors"
+        #: per layout, per learned tensor: (first chunk, chunk count, first flat position in the model, numel, tensor)
+        self.spans: list[list[tuple[int, int, int, int, int]]] = []
+        t0 = c0 = 0
+        for n_t in counts:
+            spans, f0 = [], 0
+            for j in range(t0, t0 + n_t):
+                k = math.ceil(cfg.tensor_sizes[j] / s)
+                spans.append((c0, k, f0, cfg.tensor_sizes[j], j))
+                c0, f0 = c0 + k, f0 + cfg.tensor_sizes[j]
+            t0 += n_t
+            self.spans.append(spans)
+        #: [chunks] the layout of each chunk; per layout: its first chunk, chunk count and length
+        self.first_chunk = [sp[0][0] for sp in self.spans]
+        self.chunk_counts = [sum(k for _, k, _, _, _ in sp) for sp in self.spans]
+        self.lengths = [sum(n for _, _, _, n, _ in sp) for sp in self.spans]
+        self.chunk_layout = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(self.chunk_counts))
+        self.latent_shapes = [(k * d,) for k in self.chunk_counts]
+        self.latent_shape: tuple[int, ...] = self.latent_shapes[0] if len(counts) == 1 else (-1,)
 
     @torch.no_grad()
-    def init_pca(self, x: Tensor | Sequence[Tensor], block: int = 1) -> None:
-        """`centre` = the mean chunk of training vectors `x` (`[N, L]`, or N vectors `[L]` read as needed);
-        each tensor's encoder = the coordinates of its centred chunks along their top `chunk_latent` principal
-        directions, divided by their std (a floor of 1e-3 of the largest keeps directions the data hardly spans
-        from amplifying noise); decoder = the inverse. Two passes over blocks of `block` models, in float64:
-        memory does not grow with N."""
-        c, t, s, d = self.chunking, len(self.cfg.tensor_sizes), self.cfg.chunk_size, self.cfg.chunk_latent
+    def init_pca(self, x: Tensor | Sequence[Tensor], layout: int = 0) -> None:
+        """`centre` = the mean chunk of training vectors `x` of one layout (`[N, L]`, or N vectors `[L]` read
+        as needed); each of its tensors' encoder = the coordinates of its centred chunks along their top
+        `chunk_latent` principal directions, divided by their std (a floor of 1e-3 of the largest keeps
+        directions the data hardly spans from amplifying noise); decoder = the inverse. Two passes, one model
+        and one tensor at a time through slices, in float64: memory grows with neither N nor the model's size
+        beyond a tensor. Call once per layout."""
+        s, d, spans = self.cfg.chunk_size, self.cfg.chunk_latent, self.spans[layout]
+        first, count = self.first_chunk[layout], self.chunk_counts[layout]
+        mask = self.chunking.mask[first:first + count]
 
-        def blocks():
-            for i in range(0, len(x), block):
-                yield c.cut(torch.stack([x[k][: c.length] for k in range(i, min(i + block, len(x)))]).double())
+        def parts():  # (first chunk in the layout, chunks, tensor, the chunks [k, s] float64): every model's
+            for i in range(len(x)):  # tensors, in pieces of at most 4,096 chunks
+                v = x[i]
+                for c0, k, f0, n, j in spans:
+                    for a in range(0, k, 4096):
+                        b, lo = min(k, a + 4096), f0 + a * s
+                        hi = min(f0 + n, f0 + b * s)
+                        yield c0 - first + a, b - a, j, F.pad(v[lo:hi].double(), (0, (b - a) * s - (hi - lo))
+                                                              ).reshape(b - a, s)
 
-        centre = sum((b.sum(0) for b in blocks()), torch.zeros(c.count, s, dtype=torch.float64)) / max(len(x), 1)
-        cov = torch.zeros(t, s, s, dtype=torch.float64)
-        rows = torch.bincount(c.tensor, minlength=t).double() * len(x)
-        for b in blocks():
-            r = (b - centre) * c.mask  # [b, count, s]
-            for j in range(t):
-                rj = r[:, c.tensor == j].reshape(-1, s)
-                cov[j] += rj.T @ rj
-        for j in range(t):
-            eig, vec = torch.linalg.eigh(cov[j] / (rows[j] - 1).clamp_min(1))  # ascending
+        centre = torch.zeros(count, s, dtype=torch.float64)
+        for o, k, _, part in parts():
+            centre[o:o + k] += part
+        centre /= max(len(x), 1)
+        cov = {j: torch.zeros(s, s, dtype=torch.float64) for *_, j in spans}
+        for o, k, j, part in parts():
+            r = (part - centre[o:o + k]) * mask[o:o + k]
+            cov[j] += r.T @ r
+        for c0, k, _, _, j in spans:
+            eig, vec = torch.linalg.eigh(cov[j] / max(k * len(x) - 1, 1))  # ascending
             eig, vec = eig.flip(0)[:d], vec.flip(1)[:, :d]  # [d], [s, d]
             std = eig.clamp_min(0).sqrt()
             std = std.clamp_min(1e-3 * float(std[0]) if float(std[0]) > 0 else 1.0)
             self.enc_weight[j] = (vec / std).float()
             self.dec_weight[j] = (vec * std).T.float()
-        self.enc_bias.zero_()
-        self.dec_bias.zero_()
-        self.centre.copy_(centre.float())
+            self.enc_bias[j] = 0.0
+            self.dec_bias[j] = 0.0
+        self.centre[first:first + count] = centre.float()
 
     def encode_chunks(self, chunks: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
         """Chunks `[B, W, chunk_size]` numbered `ids` (`[W]`, or `[B, W]`: a window per row) -> posterior mean and
@@ -367,50 +401,47 @@ class ChunkVAE(nn.Module):
             out[sel] = z[sel] @ self.dec_weight[j] + self.dec_bias[j]
         return (out + self.centre[ids]) * self.chunking.mask.to(z.device)[ids]
 
-    def get_input(self, x: Tensor) -> Tensor:
-        """The encoder's input: the flat vectors `[B, L]` (shape checked), cut tensor by tensor in `encode`."""
-        assert x.dim() == 2 and x.shape[1] == self.cfg.max_len, \
-            f"expected flat weights [B, {self.cfg.max_len}], got {list(x.shape)}"
+    def get_input(self, x: Tensor, layout: int = 0) -> Tensor:
+        """The encoder's input: flat vectors `[B, >= L]` of one layout (shape checked), cut tensor by tensor in
+        `encode`; entries past the layout's length are padding and never read."""
+        assert x.dim() == 2 and x.shape[1] >= self.lengths[layout], \
+            f"expected flat weights [B, >= {self.lengths[layout]}], got {list(x.shape)}"
         return x
 
-    def _spans(self) -> list[tuple[int, int, int, int]]:
-        """Per learned tensor: (first chunk, chunk count, first flat position, numel). A tensor's chunks are
-        consecutive, so whole models are coded tensor by tensor with slices and no gathers."""
-        out, c0, f0 = [], 0, 0
-        for n in self.cfg.tensor_sizes:
-            k = math.ceil(n / self.cfg.chunk_size)
-            out.append((c0, k, f0, n))
-            c0, f0 = c0 + k, f0 + n
-        return out
-
-    def encode(self, x: Tensor, cond: Tensor | None = None) -> DiagonalGaussian:
-        """x: flat `[B, L]` -> posterior over `[B, chunks * chunk_latent]` (chunk by chunk, in order); the same
-        numbers as `encode_chunks` on every chunk."""
+    def encode(self, x: Tensor, cond: Tensor | None = None, layout: int = 0) -> DiagonalGaussian:
+        """x: flat `[B, L]` of one layout -> posterior over `[B, chunks * chunk_latent]` (its chunks, in order);
+        the same numbers as `encode_chunks` on every chunk. A tensor's chunks are consecutive, so whole models
+        are coded tensor by tensor with slices and no gathers."""
         assert cond is None, "the chunk codec has no function-aware encoder (train.encoder_probes: false)"
-        x, s, mask = self.get_input(x), self.cfg.chunk_size, self.chunking.mask.to(x.device)
+        x, s, mask = self.get_input(x, layout), self.cfg.chunk_size, self.chunking.mask.to(x.device)
         means = []
-        for j, (c0, k, f0, n) in enumerate(self._spans()):
+        for c0, k, f0, n, j in self.spans[layout]:
             part = F.pad(x[:, f0:f0 + n], (0, k * s - n)).reshape(len(x), k, s)
             centred = (part - self.centre[c0:c0 + k]) * mask[c0:c0 + k]
             means.append(centred @ self.enc_weight[j] + self.enc_bias[j])
         mean = torch.cat(means, 1)  # [B, chunks, chunk_latent]
-        logvar = self.logvar[self.chunking.tensor.to(x.device)].expand_as(mean)
+        first, count = self.first_chunk[layout], self.chunk_counts[layout]
+        logvar = self.logvar[self.chunking.tensor[first:first + count].to(x.device)].expand_as(mean)
         return DiagonalGaussian(torch.cat([mean.flatten(1), logvar.flatten(1)], 1))
 
-    def decode(self, z: Tensor) -> Tensor:
-        """z: `[B, chunks * chunk_latent]` -> flat `[B, L]` (zero past the layout's length); the same numbers as
-        `decode_chunks` on every chunk, joined."""
-        zc, parts = z.reshape(len(z), self.chunking.count, -1), []
-        for j, (c0, k, _, n) in enumerate(self._spans()):
-            out = zc[:, c0:c0 + k] @ self.dec_weight[j] + self.dec_bias[j] + self.centre[c0:c0 + k]
+    def decode(self, z: Tensor, layout: int = 0) -> Tensor:
+        """z: `[B, chunks * chunk_latent]` of one layout -> flat `[B, L]`; the same numbers as `decode_chunks` on
+        every chunk, joined. One layout: padded with zeros to `max_len`, as the other codecs; several: the
+        layout's own length."""
+        zc, parts = z.reshape(len(z), self.chunk_counts[layout], -1), []
+        for c0, k, _, n, j in self.spans[layout]:
+            i = c0 - self.first_chunk[layout]
+            out = zc[:, i:i + k] @ self.dec_weight[j] + self.dec_bias[j] + self.centre[c0:c0 + k]
             parts.append(out.reshape(len(z), -1)[:, :n])
-        return F.pad(torch.cat(parts, 1), (0, self.cfg.max_len - self.chunking.length))
+        out = torch.cat(parts, 1)
+        pad = self.cfg.max_len - out.shape[1] if len(self.spans) == 1 else 0
+        return F.pad(out, (0, pad)) if pad else out
 
-    def forward(self, x: Tensor, sample_posterior: bool = True, cond: Tensor | None = None
+    def forward(self, x: Tensor, sample_posterior: bool = True, cond: Tensor | None = None, layout: int = 0
                 ) -> tuple[Tensor, DiagonalGaussian]:
-        posterior = self.encode(x, cond)
-        recon = self.decode(posterior.sample() if sample_posterior else posterior.mode())
-        assert recon.shape == x.shape, f"reconstruction {list(recon.shape)} != input {list(x.shape)}"
+        posterior = self.encode(x, cond, layout)
+        recon = self.decode(posterior.sample() if sample_posterior else posterior.mode(), layout)
+        assert recon.shape[1] <= x.shape[1], f"reconstruction {list(recon.shape)} longer than input {list(x.shape)}"
         return recon, posterior
 
 
@@ -423,4 +454,5 @@ def vae_kwargs(cfg: VAEConfig) -> dict:
     d = asdict(cfg)
     d["channels"] = list(d["channels"])
     d["tensor_sizes"] = list(d["tensor_sizes"])
+    d["layout_tensors"] = list(d["layout_tensors"])
     return d

@@ -31,8 +31,8 @@ import pandas as pd
 from weightvae.io import atomic_path, write_json
 from weightvae.params import StageError, load_section, require
 from weightvae.progress import Progress
+from weightvae.shards import SPLITS, open_shard
 
-SPLITS = ("train", "val", "test")
 REPRESENTATIONS = ("latent", "W", "sW", "pca")
 LABELS = {"latent": "latent", "W": "W", "sW": "s(W)", "pca": "PCA"}
 PROBES = ("ridge", "gbt")
@@ -282,15 +282,16 @@ def _latents(path: str | Path, table: pd.DataFrame) -> dict[str, np.ndarray]:
 
     if not Path(path).exists():
         raise ProbeError(f"{path}: no latents table; run the encode stage first (dvc repro encode)")
-    rows, z = read_latents(path)
-    have = {r["id"]: i for i, r in enumerate(rows)}
+    have = {}
+    for lid in sorted(set(table.layout_id)):  # a layout at a time: codes of several lengths do not stack
+        rows, z = read_latents(path, layout_id=lid)
+        have.update({r["id"]: zi for r, zi in zip(rows, z.numpy(), strict=True)})
     for split in SPLITS:
         missing = [i for i in table.id[table.split == split] if i not in have]
         if missing:
             raise ProbeError(f"{path}: no latents of {len(missing)} {split}-split models (e.g. {missing[0]!r}); "
                              f"probes need train, val and test: set encode.splits to {list(SPLITS)} and rerun encode")
-    z = z.numpy()
-    return {i: z[j] for i, j in have.items()}
+    return have
 
 
 def probe(p: ProbeParams, shards: str | Path, latents: str | Path) -> tuple[dict[str, Any], pd.DataFrame,
@@ -304,7 +305,6 @@ def probe(p: ProbeParams, shards: str | Path, latents: str | Path) -> tuple[dict
     table = pd.read_parquet(shards / "models.parquet")
     layouts = {k: Layout.from_dict(v) for k, v in json.loads((shards / "layouts.json").read_text()).items()}
     latent = _latents(latents, table)
-    shard = {s: np.load(shards / f"{s}.npy", mmap_mode="r") for s in SPLITS}
     alphas = p.alphas()
     metrics: dict[str, Any] = {"groups": {}, "skipped": []}
     rows: list[pd.DataFrame] = []
@@ -321,7 +321,8 @@ def probe(p: ProbeParams, shards: str | Path, latents: str | Path) -> tuple[dict
                                       f"(this group has {counts})")
             continue
         layout = layouts[layout_id]
-        w = {s: np.asarray(shard[s][parts[s].row.to_numpy(), :layout.length], dtype=np.float64) for s in SPLITS}
+        w = {s: np.asarray(open_shard(shards, s, layout_id)[parts[s].row.to_numpy()], dtype=np.float64)
+             for s in SPLITS}
         z = {s: np.stack([latent[i] for i in parts[s].id]).astype(np.float64) for s in SPLITS}
         k = z["train"].shape[1]
         stats = {s: weight_stats(w[s], layout.slices())[0] for s in SPLITS}

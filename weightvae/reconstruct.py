@@ -85,6 +85,7 @@ class ReconstructError(StageError):
 def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path, latents: str | Path,
                 out: str | Path) -> dict[str, int]:
     """Decode the encode stage's latents of `p.splits` into networks, and sample new ones; returns counts."""
+    from weightvae.data import rows_per_batch
     from weightvae.encode import read_latents
     from weightvae.model import VAE
 
@@ -92,20 +93,23 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
     counts: dict[str, int] = {}
     with atomic_path(out, is_dir=True) as tmp, Progress("reconstruct", unit="networks") as bar:
         for split in p.splits:
-            rows, z = read_latents(latents, split)
-            if not rows:
+            props = _properties(shards, split, model)
+            counts[split] = 0
+            (tmp / split).mkdir()
+            for lid in sorted({r["layout_id"] for r in props.values()}):  # codes of one layout decode together
+                rows, z = read_latents(latents, split, lid)
+                bar.add_total(len(rows))
+                size = rows_per_batch(p.batch_size, model.cfg.max_len)
+                for start in range(0, len(rows), size):
+                    batch = [props[r["id"]] for r in rows[start:start + size]]
+                    vecs = model.decode(z[start:start + size], [lid] * len(batch))
+                    for sd, pr in zip(model.reconstruct_to_model_weights(vecs, batch), batch, strict=True):
+                        _save(_record(sd, pr, source_id=pr["id"], split=split), tmp / split, pr["id"])
+                    bar.update(len(batch))
+                counts[split] += len(rows)
+            if not counts[split]:
                 raise ReconstructError(f"{latents}: no latents of the {split!r} split; add {split!r} to encode.splits "
                                        "(or remove it from reconstruct.splits) and rerun encode")
-            props = _properties(shards, split, model)
-            bar.add_total(len(rows))
-            (tmp / split).mkdir()
-            for start in range(0, len(rows), p.batch_size):
-                batch = [props[r["id"]] for r in rows[start:start + p.batch_size]]
-                sds = model.reconstruct_to_model_weights(model.decode(z[start:start + p.batch_size]), batch)
-                for sd, pr in zip(sds, batch, strict=True):
-                    _save(_record(sd, pr, source_id=pr["id"], split=split), tmp / split, pr["id"])
-                bar.update(len(sds))
-            counts[split] = len(rows)
         (tmp / "samples").mkdir()
         counts["samples"] = _write_samples(p, model, shards, latents, tmp / "samples", bar)
     return counts
@@ -126,6 +130,7 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str
     Grouping by task too matters: one architecture trained on two tasks shares a layout, and a
     sample must come from (and be scored against) the models of its own task.
     """
+    from weightvae.data import rows_per_batch
     from weightvae.encode import read_latents
 
     if p.n_samples == 0:
@@ -136,31 +141,34 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str
         groups.setdefault(_group(r), r)
     encoded: dict[tuple[str, str, str], list[tuple[torch.Tensor, dict[str, Any]]]] = {}
     if p.sampler == "kde":
-        rows, z = read_latents(latents, "train")
-        if not rows:
+        for lid in sorted({r["layout_id"] for r in props.values()}):
+            rows, z = read_latents(latents, "train", lid)
+            for zi, r in zip(z, rows, strict=True):
+                encoded.setdefault(_group(props[r["id"]]), []).append((zi, props[r["id"]]))
+        if not encoded:
             raise ReconstructError(f"{latents}: no latents of the training split, which the kde sampler draws "
                                    "around; add 'train' to encode.splits or set reconstruct.sampler: prior")
-        for zi, r in zip(z, rows, strict=True):
-            encoded.setdefault(_group(props[r["id"]]), []).append((zi, props[r["id"]]))
     gen = torch.Generator().manual_seed(p.seed)
     n = 0
     pools: dict[str, list[str]] = {}
+    size = rows_per_batch(p.batch_size, model.cfg.max_len)
     for (task, arch, layout_id), group_props in sorted(groups.items()):
         bar.add_total(p.n_samples)
         if p.sampler == "kde":
             z, anchors, pool = _kde_latents(p, encoded[task, arch, layout_id], gen)
             pools[pool_key(task, arch, layout_id)] = pool
-            vecs = model.decode(z.to(model.device))
         else:
-            vecs, anchors = model.sample(p.n_samples, generator=gen), [None] * p.n_samples
-        sds = model.reconstruct_to_model_weights(vecs, [group_props] * p.n_samples)
-        for i, (sd, anchor) in enumerate(zip(sds, anchors)):
-            sid = f"sample-{task}-{arch}-{layout_id[:8]}-{i:04d}"
-            extra = {"sampler": p.sampler, **({"anchor_id": anchor} if anchor else {})}
-            _save(_record(sd, {**group_props, "run_id": sid, "epoch": None}, source_id=None, split="samples",
-                          **extra), out, sid)
-            n += 1
-        bar.update(p.n_samples)
+            z, anchors = model.prior_latents(p.n_samples, gen, layout_id), [None] * p.n_samples
+        for start in range(0, p.n_samples, size):  # decoded a batch at a time: the codes were drawn at once
+            vecs = model.decode(z[start:start + size].to(model.device), [layout_id] * len(z[start:start + size]))
+            sds = model.reconstruct_to_model_weights(vecs, [group_props] * len(vecs))
+            for i, (sd, anchor) in enumerate(zip(sds, anchors[start:start + size]), start):
+                sid = f"sample-{task}-{arch}-{layout_id[:8]}-{i:04d}"
+                extra = {"sampler": p.sampler, **({"anchor_id": anchor} if anchor else {})}
+                _save(_record(sd, {**group_props, "run_id": sid, "epoch": None}, source_id=None, split="samples",
+                              **extra), out, sid)
+                n += 1
+            bar.update(len(sds))
     if pools:
         write_json(out / POOL_FILE, pools)
     return n

@@ -69,4 +69,4 @@ def refine(model, z0: Tensor, x: Tensor, layout_ids: Sequence[str], keys: Sequen
 
 def _kl(model, z: Tensor, layout_ids: Sequence[str], key: str, probes: Tensor, ref: Tensor) -> Tensor:
     """`[b]`: KL(original || decoded) per network, mean over `probes` (`ref`: the originals' logits on them)."""
-    return behaviour_kl_per_network(ref, model.network_logits(model.decode(z), layout_ids, key, probes))
+    return behaviour_kl_per_network(ref, model.network_logits(model.decode(z, layout_ids), layout_ids, key, probes))

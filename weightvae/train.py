@@ -146,8 +146,10 @@ def functional_info(shards: str | Path, layouts: dict[str, Any],
 
 
 def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: int,
-                 functional: dict[str, dict[str, Any]] | None = None, tensor_sizes: Sequence[int] = ()):
-    """The Lightning module for these params; the chunk codec also needs its layout's `tensor_sizes`."""
+                 functional: dict[str, dict[str, Any]] | None = None,
+                 tensor_sizes: tuple[Sequence[int], Sequence[int]] = ((), ())):
+    """The Lightning module for these params; the chunk codec also needs its layouts' `tensor_sizes` (numel of
+    every learned tensor, layout after layout, and how many tensors each layout has)."""
     from weightvae.model import VAE
     from weightvae.nets import VAEConfig, vae_kwargs
     from weightvae.tasks import get_task
@@ -162,7 +164,7 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
                         blocks_per_level=p.blocks_per_level, latent_dim=p.latent_dim,
                         gradient_checkpointing=p.gradient_checkpointing, cond_dim=cond_dim, latent=p.latent,
                         latent_channels=p.latent_channels, chunk_size=p.chunk_size, chunk_latent=p.chunk_latent,
-                        tensor_sizes=tuple(tensor_sizes))
+                        tensor_sizes=tuple(tensor_sizes[0]), layout_tensors=tuple(tensor_sizes[1]))
     loss = {"loss": p.loss, "kl_weight": p.kl_weight, "learning_rate": p.learning_rate,
             "weight_decay": p.weight_decay, "input_noise": p.input_noise, "latent_noise": p.latent_noise,
             "behaviour_weight": p.behaviour_weight, "probe_count": p.probe_count,
@@ -171,31 +173,34 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
                functional=functional)
 
 
-def tensor_sizes(layouts: dict[str, Any], codec: str) -> tuple[int, ...]:
-    """numel of each learned tensor of the one layout the chunk codec handles (other codecs: ())."""
-    if codec != "chunk":
-        return ()
-    require(len(layouts) == 1, "train.codec", codec, f"the chunk codec takes one layout; these shards hold "
-            f"{len(layouts)} (ingest each architecture's checkpoints into shards of their own, or use codec: linear)")
-    (layout,) = layouts.values()
-    return tuple(e["numel"] for e in layout["entries"] if e["learned"])
+def tensor_sizes(layouts: dict[str, Any], p: TrainParams) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """For the chunk codec: numel of every learned tensor of the layouts (sorted by id), one layout after the
+    other, and the number of tensors of each (one layout: `()`, as before joint zoos). Other codecs: `((), ())`."""
+    if p.codec != "chunk":
+        return (), ()
+    require(len(layouts) == 1 or p.window is not None, "train.window", p.window,
+            f"these shards hold {len(layouts)} layouts: the chunk codec trains a joint zoo on windows of chunks, "
+            "so no model is padded to the longest (set train.window, e.g. 64)")
+    learned = [[e["numel"] for e in layouts[lid]["entries"] if e["learned"]] for lid in sorted(layouts)]
+    return tuple(n for sizes in learned for n in sizes), tuple(len(s) for s in learned) if len(learned) > 1 else ()
 
 
 class _Vectors:
-    """The dataset's whole vectors as a sequence, each read when asked for."""
+    """The dataset's whole vectors of one layout as a sequence, each read when asked for, at its own length."""
 
-    def __init__(self, ds):
-        self.ds = ds
+    def __init__(self, ds, layout_id: str):
+        self.ds, self.idx = ds, [i for i, r in enumerate(ds.rows) if r["layout_id"] == layout_id]
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return len(self.idx)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.ds.vector(i)
+        return self.ds.vector(self.idx[i], pad=False)
 
 
 def initial_module(p: TrainParams, ds, layout_ids: list[str], n_layers: int,
-                   functional: dict[str, dict[str, Any]] | None = None, sizes: Sequence[int] = ()):
+                   functional: dict[str, dict[str, Any]] | None = None,
+                   sizes: tuple[Sequence[int], Sequence[int]] = ((), ())):
     """The module as training starts: built, with the train split's (`ds`) normalisation statistics,
     and for the linear and chunk codecs started as whitened PCA of the standardised training weights."""
     model = build_module(p, ds.max_len, layout_ids, n_layers, functional, sizes)
@@ -203,8 +208,9 @@ def initial_module(p: TrainParams, ds, layout_ids: list[str], n_layers: int,
         model.set_normalization({lid: ds.normalization(lid) for lid in layout_ids})
     if p.codec == "linear":
         model.net.init_pca(torch.stack([ds.vector(i) for i in range(len(ds))]))
-    elif p.codec == "chunk":  # read block by block: the train split is never held whole
-        model.net.init_pca(_Vectors(ds))
+    elif p.codec == "chunk":  # read one model at a time: the train split is never held whole
+        for k, lid in enumerate(layout_ids):
+            model.net.init_pca(_Vectors(ds, lid), layout=k)
     return model
 
 
@@ -229,9 +235,10 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     ds = dm.train_dataset
     layouts = json.loads((Path(shards) / "layouts.json").read_text())
     layout_ids = sorted(layouts)
-    n_layers = max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
+    sizes = tensor_sizes(layouts, p)
+    # layer ids: per layout for whole vectors; the chunk codec numbers every layout's tensors in a row
+    n_layers = len(sizes[0]) or max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
     functional = functional_info(shards, layouts)  # also what latent refinement (the encode stage) runs
-    sizes = tensor_sizes(layouts, p.codec)
     model = initial_module(p, ds, layout_ids, n_layers, functional, sizes)
 
     ckpt_dir = Path(ckpt_dir)
