@@ -14,9 +14,10 @@ Each size runs in a fresh child process (so VmHWM is that size's own peak RSS):
 3. Every model encoded, decoded, turned back into a state_dict and written as safetensors (what the reconstruct
    stage does per network), 4 at a time or fewer (`weightvae.data.rows_per_batch`: at most 1 M weights a
    batch, as the stages batch them): `reconstruct_weights_per_s`.
-`peak_rss_mib` is the child's VmHWM; `data_mib` the float32 size of all its models' weights (the data itself,
-which ingest, the PCA start and the per-weight normalisation vectors hold), so `peak_rss_mib - data_mib` is
-what the rest costs. Goal (issue 13): `train_weights_per_s` within 2x across the sizes, and peak RSS flat
+`peak_rss_mib` is the child's VmHWM; `data_mib` the float32 size of all its models' weights (the data itself:
+the shards' memory-mapped pages count in RSS once read), so `peak_rss_mib - data_mib` is what the rest costs.
+Training's data is dropped before step 3, as the stages run in processes of their own. `anon_rss_mib_after`:
+the anonymous part of RSS (not file pages) at the end of training and of step 3. Goal (issue 13): `train_weights_per_s` within 2x across the sizes, and peak RSS flat
 apart from the data. Prints JSON.
 """
 
@@ -32,8 +33,10 @@ from pathlib import Path
 HIDDEN = {"1.7k": 23, "17k": 227, "170k": 2267, "1.7M": 22667}
 
 
-def peak_rss_mib() -> float:
-    return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+def peak_rss_mib(key: str = "VmHWM") -> float:
+    """This process's peak RSS (`VmHWM`), or another line of /proc/self/status in MiB (`RssAnon`: memory that is
+    not a file's pages; memory-mapped shard pages count in RSS as `RssFile`)."""
+    return int(Path("/proc/self/status").read_text().split(f"{key}:")[1].split()[0]) / 1024
 
 
 def child(hidden: int, models: int, steps: int, batch: int, window: int, chunk_size: int) -> dict:
@@ -89,6 +92,7 @@ def child(hidden: int, models: int, steps: int, batch: int, window: int, chunk_s
             opt.step()
         train_s = time.perf_counter() - t0
         rss["train"] = peak_rss_mib()
+        anon = {"train": peak_rss_mib("RssAnon")}
         # reconstruct runs in a process of its own in the pipeline: drop training's data (its memory map of the
         # train split would otherwise be counted twice: each mapping of a page counts in RSS)
         del it, loader, train_ds, opt, b, loss
@@ -106,6 +110,7 @@ def child(hidden: int, models: int, steps: int, batch: int, window: int, chunk_s
                         save_file(sd, str(tmp / f"{props['id'].replace('/', '_')}.safetensors"))
                         n += 1
         reconstruct_s = time.perf_counter() - t0
+        anon["reconstruct"] = peak_rss_mib("RssAnon")
     return {"weights": weights, "hidden": hidden, "models": models,
             "ingest_models_per_s": round(models / ingest_s, 2),
             "train_weights_per_s": round(trained / train_s),
@@ -114,6 +119,7 @@ def child(hidden: int, models: int, steps: int, batch: int, window: int, chunk_s
             "compression": round(weights / model.net.latent_shape[0], 3),
             "peak_rss_mib": round(peak_rss_mib(), 1),
             "peak_rss_mib_after": {k: round(v, 1) for k, v in rss.items()},
+            "anon_rss_mib_after": {k: round(v, 1) for k, v in anon.items()},
             "data_mib": round(models * weights * 4 / 2**20, 1)}
 
 
