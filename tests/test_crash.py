@@ -9,6 +9,7 @@ the leftovers of dead processes.
 """
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -83,7 +84,10 @@ def test_ingest_killed_midway_keeps_the_previous_output_and_the_next_run_complet
     for f in sorted(zoo.iterdir())[:10]:
         (tmp_path / "small" / f.name).write_bytes(f.read_bytes())
     ingest(IngestParams(zoo_dir=str(tmp_path / "small"), workers=1), out, log=lambda *_: None)
-    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    def files():
+        return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    before = files()
     params = tmp_path / "params.yaml"
     params.write_text("ingest:\n  workers: 2\n  chunk_size: 64\n")
     cmd = [sys.executable, "stages/ingest.py", "--params", str(params), "--zoo-dir", str(zoo), "--out", str(out),
@@ -94,7 +98,7 @@ def test_ingest_killed_midway_keeps_the_previous_output_and_the_next_run_complet
         time.sleep(0.3)  # into the middle of reading and writing 3,000 files (about 2 s of work)
         assert proc.poll() is None, "ingest ended before the kill: make the zoo bigger"
         _kill(proc)
-        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the previous output, untouched
+        assert files() == before  # the previous output, untouched
         assert not metrics.exists()
         left = sorted(p.name for p in out.parent.iterdir() if p.name != "shards")
         assert len(left) == 1 and left[0].startswith(f".shards.{proc.pid}.") and left[0].endswith(".tmp"), left
@@ -132,10 +136,15 @@ def test_train_killed_midway_writes_no_export_and_resumes_from_its_last_checkpoi
     killed = torch.load(ckpts / "last.ckpt", weights_only=True)
     epoch, steps_per_epoch = killed["epoch"], killed["global_step"] // (killed["epoch"] + 1)
     assert epoch < 199
+    # a kill can land while DVCLive rewrites its summary: resume must not trip over a half-written one
+    summary = live / "metrics.json"
+    summary.write_text(summary.read_text()[:20])
     params.write_text(config + f"  max_epochs: {epoch + 3}\n  resume: true\n")
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"Restored all states from the checkpoint at {ckpts / 'last.ckpt'}" in done.stdout + done.stderr
+    assert f"train: {summary} was half-written (a killed run); rebuilt from" in done.stdout
+    assert json.loads(summary.read_text())["epoch"] == epoch + 2  # DVCLive went on from the rebuilt summary
     final = torch.load(ckpts / "last.ckpt", weights_only=True)
     assert final["epoch"] == epoch + 2 and final["global_step"] == steps_per_epoch * (epoch + 3)  # it went on
     export = torch.load(out, weights_only=True)

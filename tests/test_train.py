@@ -275,3 +275,22 @@ def test_the_conv_codec_trains_and_exports_too(shards, tmp_path):
     assert len(list((tmp_path / "recon" / "samples").glob("*.pt"))) >= 2
     with pytest.raises(ParamsError, match="train.preset: 'd2nwg' is not allowed; the d2nwg preset is a conv codec"):
         tiny(preset="d2nwg")
+
+
+def test_a_half_written_dvclive_summary_is_rebuilt_from_its_plots(tmp_path):
+    """What a run killed while DVCLive rewrote metrics.json leaves, and what resume then reads."""
+    from weightvae.train import repair_live_summary
+
+    plots = tmp_path / "plots" / "metrics"
+    (plots / "train").mkdir(parents=True)
+    (plots / "epoch.tsv").write_text("step\tepoch\n7\t0\n15\t1\n")
+    (plots / "train" / "loss.tsv").write_text("step\tloss\n7\t0.5\n15\t0.25\n23\t0.1")  # last line cut: no newline
+    (tmp_path / "metrics.json").write_text('{"train": {"loss": 0.2')
+    lines = []
+    assert repair_live_summary(tmp_path, log=lines.append)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"epoch": 1, "train": {"loss": 0.25}, "step": 15}
+    assert lines == [f"train: {tmp_path / 'metrics.json'} was half-written (a killed run); rebuilt from {plots} "
+                     "to resume"]
+    whole = (tmp_path / "metrics.json").read_bytes()
+    assert not repair_live_summary(tmp_path, log=lines.append) and len(lines) == 1  # a sound summary is left alone
+    assert (tmp_path / "metrics.json").read_bytes() == whole

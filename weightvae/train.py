@@ -23,7 +23,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from weightvae.io import atomic_path
+from weightvae.io import atomic_path, write_json
 from weightvae.params import load_section, require
 
 #: Lightning's precision names (`Trainer(precision=...)`).
@@ -246,6 +246,8 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
                            save_top_k=1, enable_version_counter=False)
     # every epoch; ModelCheckpoint's own save_last writes last.ckpt only in epochs that improve val/loss
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
+    if p.resume:
+        repair_live_summary(live_dir)
     logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=p.resume)
     trainer = L.Trainer(
         max_epochs=p.max_epochs, accelerator=p.accelerator, devices=p.devices, strategy=p.strategy,
@@ -266,6 +268,46 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
         with atomic_path(out) as tmp:
             torch.save(model.export(), tmp)
     return metrics
+
+
+def _number(text: str) -> int | float | None:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None
+
+
+def repair_live_summary(live_dir: str | Path, log=print) -> bool:
+    """A run killed while DVCLive rewrote its summary leaves `metrics.json` half-written, and DVCLive's resume
+    reads it (a JSONDecodeError). Rebuild it from the per-metric TSV files DVCLive appends to (each metric's
+    last complete line, and the last step); returns whether it had to."""
+    live = Path(live_dir)
+    path, root = live / "metrics.json", live / "plots" / "metrics"
+    if not path.exists():
+        return False
+    try:
+        json.loads(path.read_text())
+        return False
+    except ValueError:
+        pass
+    summary: dict[str, Any] = {}
+    step = 0
+    for tsv in sorted(root.rglob("*.tsv")):
+        lines = tsv.read_text().split("\n")[1:-1]  # the header, and a last line cut before its newline, dropped
+        rows = [parts for parts in (line.split("\t") for line in lines)
+                if len(parts) == 2 and None not in (_number(parts[0]), _number(parts[1]))]
+        if rows:
+            *parents, name = tsv.relative_to(root).with_suffix("").parts
+            node = summary
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[name] = _number(rows[-1][1])
+            step = max(step, int(rows[-1][0]))
+    write_json(path, {**summary, "step": step})
+    log(f"train: {path} was half-written (a killed run); rebuilt from {root} to resume")
+    return True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
