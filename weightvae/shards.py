@@ -81,9 +81,12 @@ def write_shards(out: Path, scratch: Path, rows: list[Row],
     row_index = [0] * len(rows)
     fd = os.open(scratch, os.O_RDONLY)
     try:
+        parts: dict[tuple[str, str], list[int]] = {}  # (split, layout) -> its rows, in order
+        for i, r in enumerate(rows):
+            parts.setdefault((r.split, r.layout_id), []).append(i)
         for split in SPLITS:
             for lid in sorted(layouts):
-                part = [i for i, r in enumerate(rows) if r.split == split and r.layout_id == lid]
+                part = parts.get((split, lid))
                 if not part:
                     continue
                 length = layouts[lid].length
