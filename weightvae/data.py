@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor
@@ -84,8 +85,11 @@ class ZooDataset(Dataset):
         tasks = sorted(set(table.column("task").to_pylist()))
         if dataset != "joint" and dataset not in tasks:
             raise ValueError(f"dataset={dataset!r}: choose 'joint' or one of the shards' tasks {tasks}")
-        rows = [r for r in table.to_pylist() if r["split"] == split and dataset in ("joint", r["task"])
-                and layout_id in (None, r["layout_id"])]
+        keep = pc.equal(table["split"], split)  # filtered in Arrow: only this dataset's rows become Python dicts
+        for column, value in (("task", None if dataset == "joint" else dataset), ("layout_id", layout_id)):
+            if value is not None:
+                keep = pc.and_(keep, pc.equal(table[column], value))
+        rows = table.filter(keep).to_pylist()
         if topk is not None:
             rows = _top_runs(rows, topk)
         rows.sort(key=lambda r: r["row"])
@@ -101,6 +105,8 @@ class ZooDataset(Dataset):
         for lid in sorted(layout_dicts) if window else ():  # every layout: chunk numbers do not depend on filters
             c = Chunking([e["numel"] for e in layout_dicts[lid]["entries"] if e["learned"]], chunk_size)
             self._chunkings[lid], self._first_chunk[lid], first = c, first, first + c.count
+        # one window length for every model (a batch stacks): at most the shortest layout's chunk count
+        self._window_len = min(window, *(c.count for c in self._chunkings.values())) if window else 0
         for r in rows:
             r["layout"] = layout_dicts[r["layout_id"]]
             r["layer_info"] = infos[r["layout_id"]]  # the seed's (name, shape) list, for `reconstruct_weights`
@@ -162,7 +168,7 @@ class ZooDataset(Dataset):
     def _window(self, i: int) -> dict[str, Tensor]:
         row = self.rows[i]
         c = self._chunkings[row["layout_id"]]
-        count = min(self.window, *(k.count for k in self._chunkings.values()))  # one window length: a batch stacks
+        count = self._window_len
         gen = None if self.split == "train" else torch.Generator().manual_seed(i)  # held out: the same every epoch
         first = int(torch.randint(c.count - count + 1, (), generator=gen))
         lo, hi = c.span(first, count)
