@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -151,3 +153,35 @@ def test_linear_codec_starts_as_whitened_pca():
     unit = dec / dec.norm(dim=0)
     torch.testing.assert_close(unit.T @ unit, torch.eye(6, dtype=torch.float64), atol=1e-5, rtol=0)
     torch.testing.assert_close(xc @ unit[:, 4:], torch.zeros(300, 2, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_tensor_scales_lead_the_latent_and_undo_exactly():
+    """With tensor_scales the latent starts with each tensor's own log-std and mean (hand-computed here), the rest
+    is PCA of the tensors standardised by them, and the decoder scales each tensor back: a code with as many values
+    as the data has directions decodes to the input itself; the padded tail is coded as it is."""
+    from weightvae.nets import LinearVAE
+
+    g = torch.Generator().manual_seed(0)
+    sizes = (6, 3, 8)  # 17 weights + 3 of padding
+    base = torch.randn(40, 20, generator=g)
+    x = base * torch.linspace(0.1, 3.0, 40)[:, None] + torch.randn(40, 1, generator=g)  # each model its own scale
+    x[:, 17:] = 0.0
+    net = LinearVAE(VAEConfig(max_len=20, codec="linear", latent_dim=6 + 20, tensor_sizes=sizes, tensor_scales=True))
+    net.init_pca(x)
+    z = net.encode(x).mode()
+    bounds = [(0, 6), (6, 9), (9, 17)]
+    std = torch.stack([x[:, a:b].std(1, unbiased=False) for a, b in bounds], 1)
+    mean = torch.stack([x[:, a:b].mean(1) for a, b in bounds], 1)
+    torch.testing.assert_close(z[:, :3], (std + 1e-6).log(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z[:, 3:6], mean, atol=1e-5, rtol=0)
+    torch.testing.assert_close(net.decode(z), x, atol=1e-4, rtol=0)  # 20 code values span all 20 directions
+    # a scaled and shifted tensor moves only its own statistics: the direction code is the same
+    y = x.clone()
+    y[:, 6:9] = 5.0 * y[:, 6:9] + 2.0
+    zy = net.encode(y).mode()
+    torch.testing.assert_close(zy[:, 1], z[:, 1] + math.log(5.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(zy[:, 4], 5.0 * z[:, 4] + 2.0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(zy[:, 6:], z[:, 6:], atol=1e-4, rtol=0)
+    assert net.encode(x).std.max() < 0.02
+    with pytest.raises(AssertionError, match="latent_dim 6 must exceed"):
+        LinearVAE(VAEConfig(max_len=20, codec="linear", latent_dim=6, tensor_sizes=sizes, tensor_scales=True))

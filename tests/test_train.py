@@ -294,3 +294,54 @@ def test_a_half_written_dvclive_summary_is_rebuilt_from_its_plots(tmp_path):
     whole = (tmp_path / "metrics.json").read_bytes()
     assert not repair_live_summary(tmp_path, log=lines.append) and len(lines) == 1  # a sound summary is left alone
     assert (tmp_path / "metrics.json").read_bytes() == whole
+
+
+def test_tensor_scales_code_each_tensors_own_scale_and_run_end_to_end(tiny_zoo, tmp_path):
+    """`train.tensor_scales` on a one-layout zoo (the tiny zoo's CNNs): the encoder's code starts with each
+    tensor's log-std and mean of the standardised weights (computed by hand from the dataset), refinement keeps
+    them, encode -> reconstruct run on it, and what it cannot do (several layouts, other codecs, too small a latent) is one error."""
+    import shutil
+
+    from weightvae.layout import Layout
+    from weightvae.train import tensor_sizes
+
+    cnn = tmp_path / "cnn_zoo"
+    shutil.copytree(tiny_zoo[0], cnn, ignore=lambda d, names: [n for n in names if "mlp" in n])
+    shards = tmp_path / "shards"
+    ingest(IngestParams(zoo_dir=str(cnn), workers=1), shards, log=lambda *_: None)
+    layouts = json.loads((shards / "layouts.json").read_text())
+    assert len(layouts) == 1
+    p = tiny(tensor_scales=True, latent_dim=20, max_epochs=1)
+    out = fit(p, shards, tmp_path / "run")[0]
+    model = VAE.from_export(str(out))
+    slices = Layout.from_dict(next(iter(layouts.values()))).slices()
+    t = len(slices)
+    assert model.cfg.tensor_scales and model.net.n_stats == 2 * t and model.cfg.latent_dim == 20
+    encode(EncodeParams(refine_steps=0), shards, out, tmp_path / "latents.parquet")
+    rows, z = read_latents(tmp_path / "latents.parquet", "test")
+    ds = ZooDataset(shards, "test", normalize=True, max_len=model.cfg.max_len)
+    by_id = {ds[i]["model_properties"]["id"]: ds.vector(i).double() for i in range(len(ds))}
+    for r, code in zip(rows, z, strict=True):
+        x = by_id[r["id"]]
+        std = torch.stack([x[sl].std(unbiased=False) for _, sl in slices])
+        mean = torch.stack([x[sl].mean() for _, sl in slices])
+        torch.testing.assert_close(code[:t].double(), (std + 1e-6).log(), atol=1e-5, rtol=0, msg=r["id"])
+        torch.testing.assert_close(code[t:2 * t].double(), mean, atol=1e-5, rtol=0, msg=r["id"])
+    # refinement moves the code and keeps the measured statistics exactly
+    encode(EncodeParams(refine_steps=3, probe_count=8), shards, out, tmp_path / "refined.parquet")
+    rows_r, zr = read_latents(tmp_path / "refined.parquet", "test")
+    assert [r["id"] for r in rows_r] == [r["id"] for r in rows]
+    assert torch.equal(zr[:, :2 * t], z[:, :2 * t]) and not torch.allclose(zr[:, 2 * t:], z[:, 2 * t:])
+    reconstruct(ReconstructParams(n_samples=2), shards, out, tmp_path / "refined.parquet", tmp_path / "recon")
+    assert len(list((tmp_path / "recon" / "test").glob("*.pt"))) == len(rows)
+
+    with pytest.raises(ParamsError, match="train.tensor_scales: True is not allowed; per-tensor scales in the latent "
+                                          "are a linear-codec feature"):
+        tiny(codec="conv", tensor_scales=True)
+    with pytest.raises(ParamsError, match=r"train.latent_dim: 8 is not allowed; with train.tensor_scales the latent "
+                                          rf"holds 2 values for each of the {t} learned tensors plus the code: "
+                                          rf"need > {2 * t}"):
+        tensor_sizes(layouts, tiny(tensor_scales=True))
+    two = {**layouts, "other": next(iter(layouts.values()))}
+    with pytest.raises(ParamsError, match="train.tensor_scales: True is not allowed; these shards hold 2 layouts"):
+        tensor_sizes(two, tiny(tensor_scales=True))

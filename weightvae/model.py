@@ -68,6 +68,12 @@ class VAE(L.LightningModule):
 
             self._layouts = {k: Layout.from_dict(v["layout"]) for k, v in self.functional.items()}
 
+    @property
+    def measured_latent(self) -> int:
+        """How many leading latent values are measured statistics of the weights rather than a learned code
+        (each tensor's log-std and mean with `tensor_scales`; 0 otherwise). Refinement keeps them."""
+        return getattr(self.net, "n_stats", 0)
+
     # ---- normalisation
     def set_normalization(self, stats: Mapping[str, tuple[Tensor, Tensor]]) -> None:
         """stats: layout_id -> (mean `[L]`, std `[L]`), as the dataset computed them on train."""

@@ -9,7 +9,11 @@ as whitened PCA of the training weights, so at step 0 the code is the top `laten
 components scaled to unit variance (the prior N(0, I) then matches where training networks land) and
 the decoder its inverse. Training moves it with the weight and behavioural losses. A flat affine
 decoder is what latent refinement (`weightvae.refine`) needs: every latent decodes to a network, and
-the code can be moved toward any function the span of the decoder holds.
+the code can be moved toward any function the span of the decoder holds. With `tensor_scales` the latent
+leads with each learned tensor's own log-std and mean, and the affine maps code the tensors standardised
+by them (a scale and direction per tensor, as in weight normalisation): the decoder multiplies each
+tensor's decoded direction by exp(its log-std value), so how large each layer is, which the zoo's
+accuracy and training state show in, is a latent value a linear probe reads directly.
 
 `ConvVAE` (`codec: conv`): the vector reshaped into a one-channel image `[B, 1, H, W]` so convolutions
 share parameters across it (the field's usual recipe). Image shape rule (`image_shape`): with
@@ -30,6 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+TENSOR_STD_EPS = 1e-6  # tensor_scales: keeps a constant tensor's log-std finite
+STATS_LOGVAR = -9.0  # tensor_scales: posterior log-variance of the statistics' latent values (std 0.011)
 
 # ----------------------------------------------------------------------------- config
 
@@ -59,6 +66,7 @@ class VAEConfig:
     chunk_latent: int = 16  # chunk codec: latent values per chunk (compression ~ chunk_size / chunk_latent)
     tensor_sizes: tuple[int, ...] = ()  # chunk codec: numel of each learned tensor, layout after layout
     layout_tensors: tuple[int, ...] = ()  # chunk codec: learned tensors of each layout (() = one layout)
+    tensor_scales: bool = False  # linear codec: the latent carries each tensor's own log-std and mean (tensor_sizes)
 
     @staticmethod
     def d2nwg(max_len: int) -> VAEConfig:
@@ -234,9 +242,20 @@ class LinearVAE(nn.Module):
         self.cfg = cfg
         cond = min(cfg.cond_dim, 256) if cfg.cond_dim else 0
         self.cond_proj = nn.Sequential(nn.Linear(cfg.cond_dim, cond), nn.SiLU()) if cfg.cond_dim else None
-        self.to_latent = nn.Linear(cfg.max_len + cond, 2 * cfg.latent_dim)  # [mean | logvar]
-        self.from_latent = nn.Linear(cfg.latent_dim, cfg.max_len)
+        sizes = cfg.tensor_sizes if cfg.tensor_scales else ()
+        self.n_stats = 2 * len(sizes)  # [log-std of each tensor | mean of each tensor] lead the latent
+        assert cfg.latent_dim > self.n_stats and sum(sizes) <= cfg.max_len, \
+            f"latent_dim {cfg.latent_dim} must exceed 2 x {len(sizes)} tensors, tensors must fit max_len"
+        code = cfg.latent_dim - self.n_stats
+        self.to_latent = nn.Linear(cfg.max_len + cond, 2 * code)  # [mean | logvar]
+        self.from_latent = nn.Linear(code, cfg.max_len)
         self.latent_shape: tuple[int, ...] = (cfg.latent_dim,)
+        if sizes:  # each weight's tensor; the padded tail (if any) is tensor len(sizes), left as it is
+            tensor_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+            tensor_of = torch.cat([tensor_of, torch.full((cfg.max_len - len(tensor_of),), len(sizes))])
+            self.register_buffer("tensor_of", tensor_of, persistent=False)
+            self.register_buffer("tensor_numel", torch.bincount(tensor_of, minlength=len(sizes) + 1).clamp(min=1)
+                                 .float(), persistent=False)
 
     @torch.no_grad()
     def init_pca(self, x: Tensor, logvar: float = -9.0) -> None:
@@ -245,9 +264,12 @@ class LinearVAE(nn.Module):
         N(0, I) matches where training networks land, and a step of the same size in any latent value moves
         the weights in proportion to how much the zoo varies along it); decoder = the inverse map;
         posterior log-variance `logvar` everywhere (a near-deterministic code to start from). Directions
-        beyond the rank of `x` are random ones orthogonal to the rest, with the smallest kept std."""
-        k, (n, length) = self.cfg.latent_dim, x.shape
+        beyond the rank of `x` are random ones orthogonal to the rest, with the smallest kept std. With
+        `tensor_scales` the PCA is of each tensor standardised by its own mean and std."""
+        k, (n, length) = self.to_latent.out_features // 2, x.shape
         x = x.double()
+        if self.n_stats:
+            x = self.tensor_standardise(x)[0]
         centre = x.mean(0)
         _, sv, vh = torch.linalg.svd(x - centre, full_matrices=False)  # vh [min(N, L), L]
         std = sv / math.sqrt(max(n - 1, 1))
@@ -273,17 +295,43 @@ class LinearVAE(nn.Module):
             f"expected flat weights [B, {self.cfg.max_len}], got {list(x.shape)}"
         return x
 
+    def tensor_standardise(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`tensor_scales`: each learned tensor of `x` `[B, L]` standardised by its own mean and std (population;
+        the padded tail as it is), and the `[B, 2 * tensors]` statistics `[log(std + 1e-6) | mean]` that undo it."""
+        t, idx = self.n_stats // 2, self.tensor_of
+        numel = self.tensor_numel.to(x.dtype)
+        mean = x.new_zeros(len(x), t + 1).index_add_(1, idx, x) / numel
+        mean = torch.cat([mean[:, :t], mean.new_zeros(len(x), 1)], 1)
+        dev = x - mean[:, idx]
+        std = (x.new_zeros(len(x), t + 1).index_add_(1, idx, dev * dev) / numel).sqrt() + TENSOR_STD_EPS
+        std = torch.cat([std[:, :t], std.new_ones(len(x), 1)], 1)
+        return dev / std[:, idx], torch.cat([std[:, :t].log(), mean[:, :t]], 1)
+
     def encode(self, x: Tensor, cond: Tensor | None = None) -> DiagonalGaussian:
         """x: flat `[B, L]` (+ cond `[B, cond_dim]`, the function signature) -> posterior over `[B, latent_dim]`."""
         x = self.get_input(x)
+        stats = None
+        if self.n_stats:
+            x, stats = self.tensor_standardise(x)
         if self.cond_proj is not None:
             assert cond is not None and cond.shape == (len(x), self.cfg.cond_dim), "encoder needs the function signature"
             x = torch.cat([x, self.cond_proj(cond)], 1)
-        return DiagonalGaussian(self.to_latent(x))
+        params = self.to_latent(x)
+        if stats is not None:  # the statistics are (near-)deterministic latent values
+            mean, logvar = params.chunk(2, dim=1)
+            params = torch.cat([stats, mean, torch.full_like(stats, STATS_LOGVAR), logvar], 1)
+        return DiagonalGaussian(params)
 
     def decode(self, z: Tensor) -> Tensor:
-        """z: `[B, latent_dim]` -> flat `[B, L]`."""
-        return self.from_latent(z)
+        """z: `[B, latent_dim]` -> flat `[B, L]` (`tensor_scales`: each tensor's decoded direction times
+        exp(its log-std value) plus its mean value)."""
+        if not self.n_stats:
+            return self.from_latent(z)
+        t = self.n_stats // 2
+        x = self.from_latent(z[:, self.n_stats:])
+        scale = torch.cat([z[:, :t].exp(), z.new_ones(len(z), 1)], 1)
+        shift = torch.cat([z[:, t:self.n_stats], z.new_zeros(len(z), 1)], 1)
+        return x * scale[:, self.tensor_of] + shift[:, self.tensor_of]
 
     def forward(self, x: Tensor, sample_posterior: bool = True, cond: Tensor | None = None
                 ) -> tuple[Tensor, DiagonalGaussian]:

@@ -40,9 +40,14 @@ def refine(model, z0: Tensor, x: Tensor, layout_ids: Sequence[str], keys: Sequen
     """Refined codes `[B, *latent]` of the (normalised, flat) networks `x` `[B, L]`, starting at `z0`,
     and each network's behavioural KL on all its probes `[B]` before and after (NaN where the network
     cannot be run: its code stays `z0`). `probe_count`: probe inputs per task (None: every training
-    input); the learning rate follows a cosine from `lr` to 0 over `steps`, so the last steps settle."""
+    input); the learning rate follows a cosine from `lr` to 0 over `steps`, so the last steps settle.
+    The code's leading `model.measured_latent` values (each tensor's log-std and mean, `train.tensor_scales`) are
+    statistics of the weights, not free values: they are kept. Moved, they drift along the directions the function
+    ignores (a ReLU layer scaled up and the next one down) and stop saying how large each tensor is."""
     model.eval()
     z = z0.detach().clone()
+    measured = model.measured_latent
+    assert measured == 0 or z.dim() == 2, "measured latent values are a flat code's leading values"
     before = torch.full((len(x),), math.nan, dtype=torch.float64)
     after = before.clone()
     for key in sorted(set(keys) & set(model.functional)):
@@ -52,17 +57,18 @@ def refine(model, z0: Tensor, x: Tensor, layout_ids: Sequence[str], keys: Sequen
         with torch.no_grad():
             ref = model.network_logits(x[rows], ids, key, probes)  # [b, P, K]
             before[rows] = _kl(model, z[rows], ids, key, probes, ref).double().cpu()
-        code = z[rows].clone().requires_grad_(True)
+        fixed = z[rows, :measured]  # measured statistics of the weights (`tensor_scales`) stay as they are
+        code = z[rows, measured:].clone().requires_grad_(True)
         if steps > 0:
             opt = torch.optim.Adam([code], lr=lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
             for idx in probe_schedule(len(probes), steps, probe_batch, seed):
-                loss = _kl(model, code, ids, key, probes[idx], ref[:, idx]).sum()
+                loss = _kl(model, torch.cat([fixed, code], 1), ids, key, probes[idx], ref[:, idx]).sum()
                 (code.grad,) = torch.autograd.grad(loss, [code])  # the code's gradient only, none for the VAE's
                 opt.step()
                 sched.step()
         with torch.no_grad():
-            z[rows] = code.detach()
+            z[rows, measured:] = code.detach()
             after[rows] = _kl(model, z[rows], ids, key, probes, ref).double().cpu()
     return z, before, after
 

@@ -39,6 +39,7 @@ class TrainParams:
     chunk_size: int = 64  # chunk codec: values per chunk of a learned tensor
     chunk_latent: int = 16  # chunk codec: latent values per chunk
     window: int | None = None  # chunk codec: chunks per model in a training step (null: whole models)
+    tensor_scales: bool = False  # linear codec: each tensor's log-std and mean lead the latent (README)
     preset: Literal["small", "d2nwg"] = "small"
     channels: tuple[int, ...] = (16,)
     blocks_per_level: int = 1
@@ -89,6 +90,8 @@ class TrainParams:
         require(self.window is None or self.behaviour_weight == 0 and self.loss in ("layer", "mse"), "train.window",
                 self.window, "a window of chunks is not a whole network: set train.behaviour_weight: 0 and "
                 "train.loss: layer or mse with it (or window: null)")
+        require(self.codec == "linear" or not self.tensor_scales, "train.tensor_scales", self.tensor_scales,
+                "per-tensor scales in the latent are a linear-codec feature: set train.codec: linear with it")
         require(self.codec != "chunk" or not self.encoder_probes, "train.encoder_probes", self.encoder_probes,
                 "the chunk codec encodes each chunk alone: set encoder_probes: false")
         require(self.topk is None or self.topk >= 1, "train.topk", self.topk, "need null or >= 1")
@@ -164,7 +167,8 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
                         blocks_per_level=p.blocks_per_level, latent_dim=p.latent_dim,
                         gradient_checkpointing=p.gradient_checkpointing, cond_dim=cond_dim, latent=p.latent,
                         latent_channels=p.latent_channels, chunk_size=p.chunk_size, chunk_latent=p.chunk_latent,
-                        tensor_sizes=tuple(tensor_sizes[0]), layout_tensors=tuple(tensor_sizes[1]))
+                        tensor_sizes=tuple(tensor_sizes[0]), layout_tensors=tuple(tensor_sizes[1]),
+                        tensor_scales=p.tensor_scales)
     loss = {"loss": p.loss, "kl_weight": p.kl_weight, "learning_rate": p.learning_rate,
             "weight_decay": p.weight_decay, "input_noise": p.input_noise, "latent_noise": p.latent_noise,
             "behaviour_weight": p.behaviour_weight, "probe_count": p.probe_count,
@@ -175,7 +179,18 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
 
 def tensor_sizes(layouts: dict[str, Any], p: TrainParams) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """For the chunk codec: numel of every learned tensor of the layouts (sorted by id), one layout after the
-    other, and the number of tensors of each (one layout: `()`, as before joint zoos). Other codecs: `((), ())`."""
+    other, and the number of tensors of each (one layout: `()`, as before joint zoos). The linear codec with
+    `tensor_scales`: its one layout's tensor sizes. Other codecs: `((), ())`."""
+    if p.codec == "linear" and p.tensor_scales:
+        require(len(layouts) == 1, "train.tensor_scales", True,
+                f"these shards hold {len(layouts)} layouts and the linear codec pads them to one length, so a "
+                "weight has no one tensor: set train.tensor_scales: false (or train one layout)")
+        (layout,) = layouts.values()
+        sizes = tuple(e["numel"] for e in layout["entries"] if e["learned"])
+        require(p.latent_dim > 2 * len(sizes), "train.latent_dim", p.latent_dim,
+                f"with train.tensor_scales the latent holds 2 values for each of the {len(sizes)} learned tensors "
+                f"plus the code: need > {2 * len(sizes)}")
+        return sizes, ()
     if p.codec != "chunk":
         return (), ()
     require(len(layouts) == 1 or p.window is not None, "train.window", p.window,
