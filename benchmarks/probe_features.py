@@ -5,12 +5,13 @@
 The probe stage's protocol (`weightvae.probe`: ridge in closed form on standardised features, the penalty
 chosen on val from the `probe:` params' grid, R² on test) on feature sets that need no trained VAE, per target
 (test accuracy, epoch, learning rate):
-- `log_std`: each learned tensor's log-std (one value per tensor);
+- `log_std`: each learned tensor's log-std (one value per tensor: the leading values of that code);
 - `sW`: Unterthiner et al.'s statistics (the probe stage's s(W)); `sW+log_std`: both;
-- `scale_direction_code`: what `train.tensor_scales` codes at the start of training, at the default latent's
-  size: each tensor's log-std and mean of the per-layer standardised weights, then PCA of the tensors
-  standardised by them (fitted on train) for the rest of the 426 values;
-- `pca_code`: PCA of the per-layer standardised weights, 426 values (the default linear codec at its start);
+- `scale_direction_code`: the `train.tensor_scales` codec's code at the start of training (`LinearVAE` started
+  by `init_pca` on the train split), at the default latent's size: each tensor's log-std and mean of the
+  per-layer standardised weights, then PCA of the tensors standardised by them for the rest of the 426 values;
+- `pca_code`: PCA of the per-layer standardised weights, 426 values (the probe stage's PCA representation,
+  the default linear codec at its start);
 - `outputs`: the network's log-softmax outputs on `--probes` training inputs of its task (the function itself,
   not a weight feature: how far a linear readout of the network's behaviour gets).
 It bounds what a linear probe on a weight code can reach, and shows where the goal of issue 14 (test-accuracy
@@ -28,29 +29,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from weightvae import standardize
 from weightvae.behaviour import flat_logits, probe_inputs
 from weightvae.layout import Layout
+from weightvae.nets import LinearVAE, VAEConfig
 from weightvae.params import load_section
-from weightvae.probe import ProbeParams, RidgeBasis, r2_score, ridge_probe, targets, weight_stats
+from weightvae.probe import ProbeParams, RidgeBasis, pca_features, r2_score, ridge_probe, targets, weight_stats
 from weightvae.shards import SPLITS, open_shard
 
 TARGETS = ("test_acc", "epoch", "lr")
-
-
-def per_tensor(x: np.ndarray, slices: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(each tensor standardised by its own mean and std, log-std `[N, T]`, mean `[N, T]`)."""
-    out, log_std, mean = x.copy(), [], []
-    for _, sl in slices:
-        m, sd = x[:, sl].mean(1, keepdims=True), x[:, sl].std(1, keepdims=True) + 1e-6
-        out[:, sl] = (x[:, sl] - m) / sd
-        log_std.append(np.log(sd[:, 0]))
-        mean.append(m[:, 0])
-    return out, np.stack(log_std, 1), np.stack(mean, 1)
-
-
-def pca(train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    centre = train.mean(0)
-    return centre, np.linalg.svd(train - centre, full_matrices=False)[2][:k]
 
 
 def measure(shards: Path, n_probes: int, latent: int, p: ProbeParams) -> dict:
@@ -59,29 +46,27 @@ def measure(shards: Path, n_probes: int, latent: int, p: ProbeParams) -> dict:
     layout = Layout.from_dict(json.loads((shards / "layouts.json").read_text())[lid])
     slices = layout.slices()
     parts = {s: table[table.split == s].sort_values("row") for s in SPLITS}
-    w = {s: np.asarray(open_shard(shards, s, lid)[parts[s].row.to_numpy()], dtype=np.float64) for s in SPLITS}
-    # per-layer standardisation with the train split's statistics, as the VAE sees the weights
-    z = {s: w[s].copy() for s in SPLITS}
-    for _, sl in slices:
-        m, sd = w["train"][:, sl].mean(), w["train"][:, sl].std()
-        for s in SPLITS:
-            z[s][:, sl] = (w[s][:, sl] - m) / sd
-    tensors = {s: per_tensor(z[s], slices) for s in SPLITS}
-    k_dir = latent - 2 * len(slices)
-    c_dir, v_dir = pca(tensors["train"][0], k_dir)
-    c_pca, v_pca = pca(z["train"], latent)
-    probes = probe_inputs(task, n_probes)
+    w = {s: torch.from_numpy(np.asarray(open_shard(shards, s, lid)[parts[s].row.to_numpy()])) for s in SPLITS}
+    # the codec itself, as train starts it: per-layer standardised with the train split's statistics
+    mean, scale = standardize.from_weights(w["train"], slices)
+    z = {s: (w[s] - mean) / scale for s in SPLITS}
+    net = LinearVAE(VAEConfig(max_len=layout.length, codec="linear", latent_dim=latent,
+                              tensor_sizes=tuple(sl.stop - sl.start for _, sl in slices), tensor_scales=True))
+    net.init_pca(z["train"])
     with torch.no_grad():
-        outputs = {s: torch.log_softmax(flat_logits(arch, layout, torch.from_numpy(w[s]).float(), probes), -1)
-                   .flatten(1).double().numpy() for s in SPLITS}
+        code = {s: net.encode(z[s]).mode().double().numpy() for s in SPLITS}
+        probes = probe_inputs(task, n_probes)
+        outputs = {s: torch.log_softmax(flat_logits(arch, layout, w[s], probes), -1).flatten(1).double().numpy()
+                   for s in SPLITS}
+    w = {s: w[s].double().numpy() for s in SPLITS}
     sw = {s: weight_stats(w[s], slices)[0] for s in SPLITS}
+    log_std = {s: code[s][:, :len(slices)] for s in SPLITS}
     feats = {
-        "log_std": {s: tensors[s][1] for s in SPLITS},
+        "log_std": log_std,
         "sW": sw,
-        "sW+log_std": {s: np.hstack([sw[s], tensors[s][1]]) for s in SPLITS},
-        "scale_direction_code": {s: np.hstack([tensors[s][1], tensors[s][2], (tensors[s][0] - c_dir) @ v_dir.T])
-                                 for s in SPLITS},
-        "pca_code": {s: (z[s] - c_pca) @ v_pca.T for s in SPLITS},
+        "sW+log_std": {s: np.hstack([sw[s], log_std[s]]) for s in SPLITS},
+        "scale_direction_code": code,
+        "pca_code": pca_features(w["train"], {s: w[s] for s in ("val", "test")}, slices, latent),
         "outputs": outputs,
     }
     values, _ = targets(pd.concat(parts.values()))
