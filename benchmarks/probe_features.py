@@ -15,8 +15,15 @@ chosen on val from the `probe:` params' grid, R² on test) on feature sets that 
 - `outputs`: the network's log-softmax outputs on `--probes` training inputs of its task (the function itself,
   not a weight feature: how far a linear readout of the network's behaviour gets).
 It bounds what a linear probe on a weight code can reach, and shows where the goal of issue 14 (test-accuracy
-R² >= 0.95 from a linear probe on the latent) stands. `--tiny` builds and ingests a small zoo first (the smoke
-test). Prints JSON.
+R² >= 0.95 from a linear probe on the latent) stands. Two bounds beside it (`nonlinear`, `reference`):
+- supervised non-linear regressors on the small feature sets (`log_std`, `sW`, `sW+log_std`): the probe stage's
+  boosted trees, and kernel ridge with an RBF kernel (penalty and width chosen on val, features standardised
+  with the train split's statistics): what a probe could read off these statistics if it were not linear;
+- the zoo's recorded training accuracy as the one feature of a linear probe: whether test accuracy is a noisy
+  target or one the network's function on its training inputs pins down; and the same feature measured on the
+  network the pipeline's latent decodes to (`--model`, `--latents`: the train and encode stages' outputs,
+  skipped when absent): whether the latent holds test accuracy, read through its decoder rather than linearly.
+`--tiny` builds and ingests a small zoo first (the smoke test). Prints JSON.
 """
 
 import argparse
@@ -34,13 +41,63 @@ from weightvae.behaviour import flat_logits, probe_inputs
 from weightvae.layout import Layout
 from weightvae.nets import LinearVAE, VAEConfig
 from weightvae.params import load_section
-from weightvae.probe import ProbeParams, RidgeBasis, pca_features, r2_score, ridge_probe, targets, weight_stats
+from weightvae.probe import (
+    ProbeParams,
+    RidgeBasis,
+    gbt_probe,
+    pca_features,
+    r2_score,
+    ridge_probe,
+    targets,
+    weight_stats,
+)
 from weightvae.shards import SPLITS, open_shard
 
 TARGETS = ("test_acc", "epoch", "lr")
+NONLINEAR = ("log_std", "sW", "sW+log_std")  # small enough for kernel ridge on every training row
+KERNEL_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
+KERNEL_WIDTHS = (0.1, 1.0, 3.0)  # RBF gamma times the number of features
 
 
-def measure(shards: Path, n_probes: int, latent: int, p: ProbeParams) -> dict:
+def kernel_ridge_r2(f: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> float:
+    """Test R² of RBF kernel ridge on standardised features, penalty and width chosen on val (never test)."""
+    from sklearn.kernel_ridge import KernelRidge
+
+    mu, sd = f["train"].mean(0), f["train"].std(0) + 1e-12
+    x = {s: (f[s] - mu) / sd for s in SPLITS}
+    best = (-np.inf, None)
+    for alpha in KERNEL_ALPHAS:
+        for width in KERNEL_WIDTHS:
+            model = KernelRidge(alpha=alpha, kernel="rbf", gamma=width / x["train"].shape[1]).fit(x["train"], y["train"])
+            val = r2_score(y["val"], model.predict(x["val"]))
+            if val > best[0]:
+                best = (val, model)
+    return r2_score(y["test"], best[1].predict(x["test"]))
+
+
+@torch.no_grad()
+def decoded_train_acc(model_path: Path, latents: Path, ids: list[str], task: str, arch: str, layout: Layout,
+                      batch: int = 64) -> np.ndarray:
+    """Accuracy on all of the task's training inputs of the networks the latents of `ids` decode to `[N, 1]`."""
+    from weightvae.encode import read_latents
+    from weightvae.model import VAE
+    from weightvae.tasks import get_task
+
+    model = VAE.from_export(str(model_path))
+    rows, z = read_latents(latents, None, layout.layout_id)
+    pos = {r["id"]: i for i, r in enumerate(rows)}
+    z = z[[pos[i] for i in ids]]
+    data = get_task(task)
+    acc = []
+    for start in range(0, len(z), batch):
+        lids = [layout.layout_id] * len(z[start:start + batch])
+        w = model.denormalize(model.decode(z[start:start + batch], lids), lids)[:, :layout.length]
+        acc.append((flat_logits(arch, layout, w, data.x_train).argmax(-1) == data.y_train).double().mean(1))
+    return torch.cat(acc).numpy()[:, None]
+
+
+def measure(shards: Path, n_probes: int, latent: int, p: ProbeParams, model: Path | None = None,
+            latents: Path | None = None) -> dict:
     table = pd.read_parquet(shards / "models.parquet")
     (task, arch, lid), = table.groupby(["task", "architecture", "layout_id"]).groups  # the default zoo: one group
     layout = Layout.from_dict(json.loads((shards / "layouts.json").read_text())[lid])
@@ -72,16 +129,32 @@ def measure(shards: Path, n_probes: int, latent: int, p: ProbeParams) -> dict:
     values, _ = targets(pd.concat(parts.values()))
     bounds = np.cumsum([0] + [len(parts[s]) for s in SPLITS])
     out = {"group": f"{task}/{arch}", "models": {s: len(parts[s]) for s in SPLITS}, "probe_inputs": len(probes),
-           "features": {name: int(f["train"].shape[1]) for name, f in feats.items()}, "test_r2": {}}
+           "features": {name: int(f["train"].shape[1]) for name, f in feats.items()}, "test_r2": {},
+           "nonlinear": {"gbt": {}, "kernel_ridge": {}}}
+    ys = {t: {s: values[t][bounds[i]:bounds[i + 1]] for i, s in enumerate(SPLITS)} for t in TARGETS if t in values}
     for name, f in feats.items():
         basis = RidgeBasis(f["train"])
         out["test_r2"][name] = {}
-        for t in TARGETS:
-            if t not in values:
-                continue
-            y = {s: values[t][bounds[i]:bounds[i + 1]] for i, s in enumerate(SPLITS)}
+        for t, y in ys.items():
             fit = ridge_probe(basis, y["train"], f["val"], y["val"], f["test"], p.alphas())
             out["test_r2"][name][t] = round(r2_score(y["test"], fit.pred), 4)
+    # s(W) holds each tensor's variance, and trees split alike on any monotone map of a feature: adding the
+    # log-stds cannot change them
+    for name in NONLINEAR:
+        f = feats[name]
+        out["nonlinear"]["gbt"][name] = {t: round(r2_score(y["test"], gbt_probe(
+            p, f["train"], y["train"], f["val"], y["val"], f["test"]).pred), 4) for t, y in ys.items()}
+        out["nonlinear"]["kernel_ridge"][name] = {t: round(kernel_ridge_r2(f, y), 4) for t, y in ys.items()}
+    refs = {"recorded_train_acc": {s: parts[s].train_acc.to_numpy(np.float64)[:, None] for s in SPLITS}}
+    if model is not None and latents is not None:
+        refs["decoded_train_acc"] = {s: decoded_train_acc(model, latents, list(parts[s].id), task, arch, layout)
+                                     for s in SPLITS}
+    out["reference"] = {}
+    for name, acc in refs.items():
+        if "test_acc" in ys and all(np.isfinite(a).all() for a in acc.values()):
+            y = ys["test_acc"]
+            fit = ridge_probe(RidgeBasis(acc["train"]), y["train"], acc["val"], y["val"], acc["test"], p.alphas())
+            out["reference"][name] = {"test_acc": round(r2_score(y["test"], fit.pred), 4)}
     return out
 
 
@@ -101,6 +174,8 @@ def main() -> None:
     ap.add_argument("--shards", default="model_data/shards")
     ap.add_argument("--params", default="params.yaml", help="the probe: section (penalty grid) and train.latent_dim")
     ap.add_argument("--probes", type=int, default=256, help="training inputs the outputs are taken on")
+    ap.add_argument("--model", default="model_data/models/vae.ckpt", help="the train stage's VAE export")
+    ap.add_argument("--latents", default="model_data/latents.parquet", help="the encode stage's latents")
     ap.add_argument("--tiny", action="store_true", help="build and ingest a small zoo first (smoke test)")
     args = ap.parse_args()
     p = load_section(args.params, "probe", ProbeParams)
@@ -113,7 +188,11 @@ def main() -> None:
             sys.exit(f"{shards}: no shards; run `dvc repro ingest` first")
         if args.tiny:
             latent = 20
-        print(json.dumps(measure(shards, args.probes, latent, p), indent=2))
+        model, latents = Path(args.model), Path(args.latents)
+        if args.tiny or not (model.exists() and latents.exists()):
+            print(f"{model}, {latents}: not both there (or --tiny); no decoded_train_acc reference", file=sys.stderr)
+            model = latents = None
+        print(json.dumps(measure(shards, args.probes, latent, p, model, latents), indent=2))
 
 
 if __name__ == "__main__":
