@@ -19,6 +19,9 @@ R² >= 0.95 from a linear probe on the latent) stands. Two bounds beside it (`no
 - supervised non-linear regressors on the small feature sets (`log_std`, `sW`, `sW+log_std`): the probe stage's
   boosted trees, and kernel ridge with an RBF kernel (penalty and width chosen on val, features standardised
   with the train split's statistics): what a probe could read off these statistics if it were not linear;
+  and a seeded two-layer MLP trained on the targets from `sW` and from all the per-layer standardised weights
+  (`W`), its checkpoint chosen on val every 10 of `--mlp-epochs` epochs: what an encoder trained on the
+  properties themselves reads from the 2,040 training models;
 - the zoo's recorded training accuracy as the one feature of a linear probe: whether test accuracy is a noisy
   target or one the network's function on its training inputs pins down; and the same feature measured on the
   network the pipeline's latent decodes to (`--model`, `--latents`: the train and encode stages' outputs,
@@ -75,6 +78,36 @@ def kernel_ridge_r2(f: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> float
     return r2_score(y["test"], best[1].predict(x["test"]))
 
 
+def mlp_r2(f: dict[str, np.ndarray], y: dict[str, np.ndarray], epochs: int, standardise: bool = True,
+           hidden: int = 256, seed: int = 0) -> float:
+    """Test R² of a two-layer MLP regressor (AdamW, dropout) at its best epoch on val; features standardised
+    per column unless `standardise` is off (the weights, already per layer: per column it read them worse)."""
+    torch.manual_seed(seed)
+    mu, sd = (f["train"].mean(0), f["train"].std(0) + 1e-12) if standardise else (0.0, 1.0)
+    x = {s: torch.from_numpy((f[s] - mu) / sd).float() for s in SPLITS}
+    y_mu, y_sd = y["train"].mean(), y["train"].std()
+    target = torch.from_numpy((y["train"] - y_mu) / y_sd).float()
+    net = torch.nn.Sequential(torch.nn.Linear(x["train"].shape[1], hidden), torch.nn.GELU(), torch.nn.Dropout(0.2),
+                              torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-3)
+    best = (-np.inf, float("nan"))
+    for epoch in range(epochs):
+        net.train()
+        for idx in torch.randperm(len(target)).split(64):
+            loss = (net(x["train"][idx])[:, 0] - target[idx]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if epoch % 10 == 9 or epoch == epochs - 1:
+            net.eval()
+            with torch.no_grad():
+                pred = {s: net(x[s])[:, 0].double().numpy() * y_sd + y_mu for s in ("val", "test")}
+            val = r2_score(y["val"], pred["val"])
+            if val > best[0]:
+                best = (val, r2_score(y["test"], pred["test"]))
+    return best[1]
+
+
 @torch.no_grad()
 def decoded_train_acc(model_path: Path, latents: Path, ids: list[str], task: str, arch: str, layout: Layout,
                       batch: int = 64) -> np.ndarray:
@@ -97,7 +130,7 @@ def decoded_train_acc(model_path: Path, latents: Path, ids: list[str], task: str
 
 
 def measure(shards: Path, n_probes: int, latent: int, p: ProbeParams, model: Path | None = None,
-            latents: Path | None = None) -> dict:
+            latents: Path | None = None, mlp_epochs: int = 300) -> dict:
     table = pd.read_parquet(shards / "models.parquet")
     (task, arch, lid), = table.groupby(["task", "architecture", "layout_id"]).groups  # the default zoo: one group
     layout = Layout.from_dict(json.loads((shards / "layouts.json").read_text())[lid])
@@ -130,7 +163,7 @@ def measure(shards: Path, n_probes: int, latent: int, p: ProbeParams, model: Pat
     bounds = np.cumsum([0] + [len(parts[s]) for s in SPLITS])
     out = {"group": f"{task}/{arch}", "models": {s: len(parts[s]) for s in SPLITS}, "probe_inputs": len(probes),
            "features": {name: int(f["train"].shape[1]) for name, f in feats.items()}, "test_r2": {},
-           "nonlinear": {"gbt": {}, "kernel_ridge": {}}}
+           "nonlinear": {"gbt": {}, "kernel_ridge": {}, "mlp": {}}}
     ys = {t: {s: values[t][bounds[i]:bounds[i + 1]] for i, s in enumerate(SPLITS)} for t in TARGETS if t in values}
     for name, f in feats.items():
         basis = RidgeBasis(f["train"])
@@ -145,6 +178,9 @@ def measure(shards: Path, n_probes: int, latent: int, p: ProbeParams, model: Pat
         out["nonlinear"]["gbt"][name] = {t: round(r2_score(y["test"], gbt_probe(
             p, f["train"], y["train"], f["val"], y["val"], f["test"]).pred), 4) for t, y in ys.items()}
         out["nonlinear"]["kernel_ridge"][name] = {t: round(kernel_ridge_r2(f, y), 4) for t, y in ys.items()}
+    for name, f in {"W": {s: z[s].double().numpy() for s in SPLITS}, "sW": sw}.items():
+        out["nonlinear"]["mlp"][name] = {t: round(mlp_r2(f, y, mlp_epochs, standardise=name != "W"), 4)
+                                         for t, y in ys.items()}
     refs = {"recorded_train_acc": {s: parts[s].train_acc.to_numpy(np.float64)[:, None] for s in SPLITS}}
     if model is not None and latents is not None:
         refs["decoded_train_acc"] = {s: decoded_train_acc(model, latents, list(parts[s].id), task, arch, layout)
@@ -174,6 +210,7 @@ def main() -> None:
     ap.add_argument("--shards", default="model_data/shards")
     ap.add_argument("--params", default="params.yaml", help="the probe: section (penalty grid) and train.latent_dim")
     ap.add_argument("--probes", type=int, default=256, help="training inputs the outputs are taken on")
+    ap.add_argument("--mlp-epochs", type=int, default=300, help="epochs of the supervised MLP bound")
     ap.add_argument("--model", default="model_data/models/vae.ckpt", help="the train stage's VAE export")
     ap.add_argument("--latents", default="model_data/latents.parquet", help="the encode stage's latents")
     ap.add_argument("--tiny", action="store_true", help="build and ingest a small zoo first (smoke test)")
@@ -192,7 +229,7 @@ def main() -> None:
         if args.tiny or not (model.exists() and latents.exists()):
             print(f"{model}, {latents}: not both there (or --tiny); no decoded_train_acc reference", file=sys.stderr)
             model = latents = None
-        print(json.dumps(measure(shards, args.probes, latent, p, model, latents), indent=2))
+        print(json.dumps(measure(shards, args.probes, latent, p, model, latents, args.mlp_epochs), indent=2))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ SMOKE = {
     "train.py": ["--shards", "no-such-folder", "--batch", "2", "--steps", "1", "--warmup", "0"],
     "large.py": ["--print"],  # the command only: the run itself takes ~half an hour
     "scale.py": ["--sizes", "1.7k,17k", "--models", "10", "--steps", "2", "--batch", "2"],
-    "probe_features.py": ["--tiny", "--probes", "16"],
+    "probe_features.py": ["--tiny", "--probes", "16", "--mlp-epochs", "2"],
 }
 
 
