@@ -33,6 +33,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -229,7 +230,10 @@ def main() -> None:
         if args.tiny or not (model.exists() and latents.exists()):
             print(f"{model}, {latents}: not both there (or --tiny); no decoded_train_acc reference", file=sys.stderr)
             model = latents = None
-        print(json.dumps(measure(shards, args.probes, latent, p, model, latents, args.mlp_epochs), indent=2))
+        start = time.perf_counter()
+        out = measure(shards, args.probes, latent, p, model, latents, args.mlp_epochs)
+        out["seconds"] = round(time.perf_counter() - start, 1)  # the measurement, not the --tiny zoo's build
+        print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python benchmarks/zoo.py [--loop-runs 4] [--group 128] [--skip-build] [--epochs N]
 
 Prints JSON: models/s of both paths (same params, same epochs), their ratio (goal >= 10x),
-and the wall time of building the default zoo from params.yaml.
+and the wall time of building the default zoo from params.yaml. Under the zoo stage's CPU settings
+(`weightvae.determinism.pin`), so the default zoo built here is the stage's, byte for byte.
 """
 
 import argparse
@@ -11,7 +12,11 @@ import json
 import tempfile
 import time
 
-import torch
+from weightvae.determinism import pin
+
+pin()  # before torch and numpy load, as in stages/zoo.py
+
+import torch  # noqa: E402
 
 from weightvae.params import load_section
 from weightvae.zoo import ZooParams, build_zoo, plan_runs, train_group, train_single
