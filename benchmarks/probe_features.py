@@ -20,8 +20,8 @@ R² >= 0.95 from a linear probe on the latent) stands. Two bounds beside it (`no
   boosted trees, and kernel ridge with an RBF kernel (penalty and width chosen on val, features standardised
   with the train split's statistics): what a probe could read off these statistics if it were not linear;
   and a seeded two-layer MLP trained on the targets from `sW` and from all the per-layer standardised weights
-  (`W`), its checkpoint chosen on val every 10 of `--mlp-epochs` epochs: what an encoder trained on the
-  properties themselves reads from the 2,040 training models;
+  (`W`), its checkpoint chosen on val every 10 of `--mlp-epochs` epochs: what a plain network trained on the
+  properties themselves reads from the default zoo's 2,040 training models;
 - the zoo's recorded training accuracy as the one feature of a linear probe: whether test accuracy is a noisy
   target or one the network's function on its training inputs pins down; and the same feature measured on the
   network the pipeline's latent decodes to (`--model`, `--latents`: the train and encode stages' outputs,
