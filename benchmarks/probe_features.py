@@ -184,8 +184,8 @@ def measure(shards: Path, n_probes: int, latent: int, p: ProbeParams, model: Pat
                                          for t, y in ys.items()}
     refs = {"recorded_train_acc": {s: parts[s].train_acc.to_numpy(np.float64)[:, None] for s in SPLITS}}
     if model is not None and latents is not None:
-        refs["decoded_train_acc"] = {s: decoded_train_acc(model, latents, list(parts[s].id), task, arch, layout)
-                                     for s in SPLITS}
+        acc = decoded_train_acc(model, latents, [i for s in SPLITS for i in parts[s].id], task, arch, layout)
+        refs["decoded_train_acc"] = {s: acc[bounds[i]:bounds[i + 1]] for i, s in enumerate(SPLITS)}  # one read
     out["reference"] = {}
     for name, acc in refs.items():
         if "test_acc" in ys and all(np.isfinite(a).all() for a in acc.values()):
