@@ -296,10 +296,12 @@ def test_a_half_written_dvclive_summary_is_rebuilt_from_its_plots(tmp_path):
     assert (tmp_path / "metrics.json").read_bytes() == whole
 
 
-def test_tensor_scales_code_each_tensors_own_scale_and_run_end_to_end(tiny_zoo, tmp_path):
+@pytest.mark.parametrize("by", ["tensor", "unit"])
+def test_tensor_scales_code_each_groups_own_scale_and_run_end_to_end(tiny_zoo, tmp_path, by):
     """`train.tensor_scales` on a one-layout zoo (the tiny zoo's CNNs): the encoder's code starts with each
-    tensor's log-std and mean of the standardised weights (computed by hand from the dataset), refinement keeps
-    them, encode -> reconstruct run on it, and what it cannot do (several layouts, other codecs, too small a latent) is one error."""
+    tensor's (`scale_groups: unit`: each output unit's) log-std and mean of the standardised weights (computed by
+    hand from the dataset), refinement keeps them, encode -> reconstruct run on it, and what it cannot do
+    (several layouts, other codecs, too small a latent) is one error."""
     import shutil
 
     from weightvae.layout import Layout
@@ -311,20 +313,25 @@ def test_tensor_scales_code_each_tensors_own_scale_and_run_end_to_end(tiny_zoo, 
     ingest(IngestParams(zoo_dir=str(cnn), workers=1), shards, log=lambda *_: None)
     layouts = json.loads((shards / "layouts.json").read_text())
     assert len(layouts) == 1
-    p = tiny(tensor_scales=True, latent_dim=20, max_epochs=1)
+    layout = Layout.from_dict(next(iter(layouts.values())))
+    groups = []  # by hand: a unit is one row of a weight (its first dimension), a bias one group
+    for e in layout.learned:
+        rows = e.shape[0] if by == "unit" and len(e.shape) >= 2 else 1
+        groups += [slice(e.offset + r * e.numel // rows, e.offset + (r + 1) * e.numel // rows) for r in range(rows)]
+    t = len(groups)
+    assert t == (8 if by == "tensor" else 8 + 1 + 8 + 1 + 24 + 1 + 10 + 1)  # conv1, conv2, fc1, fc2 and biases
+    p = tiny(tensor_scales=True, scale_groups=by, latent_dim=2 * t + 4, max_epochs=1)
     out = fit(p, shards, tmp_path / "run")[0]
     model = VAE.from_export(str(out))
-    slices = Layout.from_dict(next(iter(layouts.values()))).slices()
-    t = len(slices)
-    assert model.cfg.tensor_scales and model.net.n_stats == 2 * t and model.cfg.latent_dim == 20
+    assert model.cfg.tensor_scales and model.net.n_stats == 2 * t and model.cfg.latent_dim == 2 * t + 4
     encode(EncodeParams(refine_steps=0), shards, out, tmp_path / "latents.parquet")
     rows, z = read_latents(tmp_path / "latents.parquet", "test")
     ds = ZooDataset(shards, "test", normalize=True, max_len=model.cfg.max_len)
     by_id = {ds[i]["model_properties"]["id"]: ds.vector(i).double() for i in range(len(ds))}
     for r, code in zip(rows, z, strict=True):
         x = by_id[r["id"]]
-        std = torch.stack([x[sl].std(unbiased=False) for _, sl in slices])
-        mean = torch.stack([x[sl].mean() for _, sl in slices])
+        std = torch.stack([x[sl].std(unbiased=False) for sl in groups])
+        mean = torch.stack([x[sl].mean() for sl in groups])
         torch.testing.assert_close(code[:t].double(), (std + 1e-6).log(), atol=1e-5, rtol=0, msg=r["id"])
         torch.testing.assert_close(code[t:2 * t].double(), mean, atol=1e-5, rtol=0, msg=r["id"])
     # refinement moves the code and keeps the measured statistics exactly
@@ -334,6 +341,17 @@ def test_tensor_scales_code_each_tensors_own_scale_and_run_end_to_end(tiny_zoo, 
     assert torch.equal(zr[:, :2 * t], z[:, :2 * t]) and not torch.allclose(zr[:, 2 * t:], z[:, 2 * t:])
     reconstruct(ReconstructParams(n_samples=2), shards, out, tmp_path / "refined.parquet", tmp_path / "recon")
     assert len(list((tmp_path / "recon" / "test").glob("*.pt"))) == len(rows)
+    if by == "unit":
+        with pytest.raises(ParamsError, match=r"train.latent_dim: 108 is not allowed; with train.tensor_scales the "
+                                              r"latent holds 2 values for each of the 54 units and 1-D tensors "
+                                              r"\(train.scale_groups: unit\) plus the code: need > 108"):
+            tensor_sizes(layouts, tiny(tensor_scales=True, scale_groups="unit", latent_dim=108))
+        with pytest.raises(ParamsError, match="train.scale_groups: 'unit' is not allowed; per-unit scales are a "
+                                              "kind of tensor_scales: set train.tensor_scales: true with it"):
+            tiny(scale_groups="unit")
+        with pytest.raises(ParamsError, match="train.scale_groups: 'layer' is not allowed; choose tensor or unit"):
+            tiny(tensor_scales=True, scale_groups="layer")
+        return
 
     with pytest.raises(ParamsError, match="train.tensor_scales: True is not allowed; per-tensor scales in the latent "
                                           "are a linear-codec feature"):

@@ -71,7 +71,7 @@ class VAE(L.LightningModule):
     @property
     def measured_latent(self) -> int:
         """How many leading latent values are measured statistics of the weights rather than a learned code
-        (each tensor's log-std and mean with `tensor_scales`; 0 otherwise). Refinement keeps them."""
+        (each tensor's or unit's log-std and mean with `tensor_scales`; 0 otherwise). Refinement keeps them."""
         return getattr(self.net, "n_stats", 0)
 
     # ---- normalisation

@@ -13,7 +13,9 @@ the code can be moved toward any function the span of the decoder holds. With `t
 leads with each learned tensor's own log-std and mean, and the affine maps code the tensors standardised
 by them (a scale and direction per tensor, as in weight normalisation): the decoder multiplies each
 tensor's decoded direction by exp(its log-std value), so how large each layer is, which the zoo's
-accuracy and training state show in, is a latent value a linear probe reads directly.
+accuracy and training state show in, is a latent value a linear probe reads directly. The groups are
+`tensor_sizes`, consecutive runs of the flat vector: each learned tensor, or (`train.scale_groups: unit`)
+each output unit's incoming weights, weight normalisation's per-unit g.
 
 `ConvVAE` (`codec: conv`): the vector reshaped into a one-channel image `[B, 1, H, W]` so convolutions
 share parameters across it (the field's usual recipe). Image shape rule (`image_shape`): with
@@ -66,7 +68,7 @@ class VAEConfig:
     chunk_latent: int = 16  # chunk codec: latent values per chunk (compression ~ chunk_size / chunk_latent)
     tensor_sizes: tuple[int, ...] = ()  # chunk codec: numel of each learned tensor, layout after layout
     layout_tensors: tuple[int, ...] = ()  # chunk codec: learned tensors of each layout (() = one layout)
-    tensor_scales: bool = False  # linear codec: the latent carries each tensor's own log-std and mean (tensor_sizes)
+    tensor_scales: bool = False  # linear codec: the latent carries each group's own log-std and mean (tensor_sizes)
 
     @staticmethod
     def d2nwg(max_len: int) -> VAEConfig:

@@ -41,9 +41,10 @@ def refine(model, z0: Tensor, x: Tensor, layout_ids: Sequence[str], keys: Sequen
     and each network's behavioural KL on all its probes `[B]` before and after (NaN where the network
     cannot be run: its code stays `z0`). `probe_count`: probe inputs per task (None: every training
     input); the learning rate follows a cosine from `lr` to 0 over `steps`, so the last steps settle.
-    The code's leading `model.measured_latent` values (each tensor's log-std and mean, `train.tensor_scales`) are
-    statistics of the weights, not free values: they are kept. Moved, they drift along the directions the function
-    ignores (a ReLU layer scaled up and the next one down) and stop saying how large each tensor is."""
+    The code's leading `model.measured_latent` values (each tensor's or unit's log-std and mean,
+    `train.tensor_scales`) are statistics of the weights, not free values: they are kept. Moved, they drift
+    along the directions the function ignores (a ReLU layer scaled up and the next one down) and stop saying
+    how large each tensor is."""
     model.eval()
     z = z0.detach().clone()
     measured = model.measured_latent

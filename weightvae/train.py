@@ -40,6 +40,7 @@ class TrainParams:
     chunk_latent: int = 16  # chunk codec: latent values per chunk
     window: int | None = None  # chunk codec: chunks per model in a training step (null: whole models)
     tensor_scales: bool = False  # linear codec: each tensor's log-std and mean lead the latent (README)
+    scale_groups: Literal["tensor", "unit"] = "tensor"  # tensor_scales: a log-std and mean per tensor or per unit
     preset: Literal["small", "d2nwg"] = "small"
     channels: tuple[int, ...] = (16,)
     blocks_per_level: int = 1
@@ -92,6 +93,9 @@ class TrainParams:
                 "train.loss: layer or mse with it (or window: null)")
         require(self.codec == "linear" or not self.tensor_scales, "train.tensor_scales", self.tensor_scales,
                 "per-tensor scales in the latent are a linear-codec feature: set train.codec: linear with it")
+        require(self.scale_groups in ("tensor", "unit"), "train.scale_groups", self.scale_groups, "choose tensor or unit")
+        require(self.scale_groups == "tensor" or self.tensor_scales, "train.scale_groups", self.scale_groups,
+                "per-unit scales are a kind of tensor_scales: set train.tensor_scales: true with it")
         require(self.codec != "chunk" or not self.encoder_probes, "train.encoder_probes", self.encoder_probes,
                 "the chunk codec encodes each chunk alone: set encoder_probes: false")
         require(self.topk is None or self.topk >= 1, "train.topk", self.topk, "need null or >= 1")
@@ -177,18 +181,31 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
                functional=functional)
 
 
+def scale_group_sizes(layout: dict[str, Any], by: str) -> tuple[int, ...]:
+    """`tensor_scales`: the lengths of the consecutive groups of the flat vector that each get a log-std and mean.
+    `tensor`: each learned tensor. `unit`: each slice of a learned tensor along its first dimension (a Linear or
+    Conv weight's output unit, its incoming weights: row-major, so contiguous), a 1-D tensor (a bias) one group."""
+    sizes: list[int] = []
+    for e in layout["entries"]:
+        if e["learned"]:
+            rows = e["shape"][0] if by == "unit" and len(e["shape"]) >= 2 and e["numel"] else 1
+            sizes += [e["numel"] // rows] * rows
+    return tuple(sizes)
+
+
 def tensor_sizes(layouts: dict[str, Any], p: TrainParams) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """For the chunk codec: numel of every learned tensor of the layouts (sorted by id), one layout after the
     other, and the number of tensors of each (one layout: `()`, as before joint zoos). The linear codec with
-    `tensor_scales`: its one layout's tensor sizes. Other codecs: `((), ())`."""
+    `tensor_scales`: its one layout's scale groups (`scale_group_sizes`). Other codecs: `((), ())`."""
     if p.codec == "linear" and p.tensor_scales:
         require(len(layouts) == 1, "train.tensor_scales", True,
                 f"these shards hold {len(layouts)} layouts and the linear codec pads them to one length, so a "
                 "weight has no one tensor: set train.tensor_scales: false (or train one layout)")
         (layout,) = layouts.values()
-        sizes = tuple(e["numel"] for e in layout["entries"] if e["learned"])
+        sizes = scale_group_sizes(layout, p.scale_groups)
+        what = "learned tensors" if p.scale_groups == "tensor" else "units and 1-D tensors (train.scale_groups: unit)"
         require(p.latent_dim > 2 * len(sizes), "train.latent_dim", p.latent_dim,
-                f"with train.tensor_scales the latent holds 2 values for each of the {len(sizes)} learned tensors "
+                f"with train.tensor_scales the latent holds 2 values for each of the {len(sizes)} {what} "
                 f"plus the code: need > {2 * len(sizes)}")
         return sizes, ()
     if p.codec != "chunk":
