@@ -10,6 +10,8 @@ chosen on val from the `probe:` params' grid, R² on test) on feature sets that 
 - `scale_direction_code`: the `train.tensor_scales` codec's code at the start of training (`LinearVAE` started
   by `init_pca` on the train split), at the default latent's size: each tensor's log-std and mean of the
   per-layer standardised weights, then PCA of the tensors standardised by them for the rest of the 426 values;
+- `unit_scale_code`: the same with `train.scale_groups: unit`: each output unit's incoming weights (and each
+  bias) get their own log-std and mean (108 values for the default CNN), then PCA of the rest;
 - `pca_code`: PCA of the per-layer standardised weights, 426 values (the probe stage's PCA representation,
   the default linear codec at its start);
 - `outputs`: the network's log-softmax outputs on `--probes` training inputs of its task (the function itself,
@@ -56,6 +58,7 @@ from weightvae.probe import (
     weight_stats,
 )
 from weightvae.shards import SPLITS, open_shard
+from weightvae.train import scale_group_sizes
 
 TARGETS = ("test_acc", "epoch", "lr")
 NONLINEAR = ("log_std", "sW", "sW+log_std")  # small enough for kernel ridge on every training row
@@ -141,22 +144,26 @@ def measure(shards: Path, n_probes: int, latent: int, p: ProbeParams, model: Pat
     # the codec itself, as train starts it: per-layer standardised with the train split's statistics
     mean, scale = standardize.from_weights(w["train"], slices)
     z = {s: (w[s] - mean) / scale for s in SPLITS}
-    net = LinearVAE(VAEConfig(max_len=layout.length, codec="linear", latent_dim=latent,
-                              tensor_sizes=tuple(sl.stop - sl.start for _, sl in slices), tensor_scales=True))
-    net.init_pca(z["train"])
+    code = {}
+    for by in ("tensor", "unit"):
+        net = LinearVAE(VAEConfig(max_len=layout.length, codec="linear", latent_dim=latent, tensor_scales=True,
+                                  tensor_sizes=scale_group_sizes(layout.to_dict(), by)))
+        net.init_pca(z["train"])
+        with torch.no_grad():
+            code[by] = {s: net.encode(z[s]).mode().double().numpy() for s in SPLITS}
     with torch.no_grad():
-        code = {s: net.encode(z[s]).mode().double().numpy() for s in SPLITS}
         probes = probe_inputs(task, n_probes)
         outputs = {s: torch.log_softmax(flat_logits(arch, layout, w[s], probes), -1).flatten(1).double().numpy()
                    for s in SPLITS}
     w = {s: w[s].double().numpy() for s in SPLITS}
     sw = {s: weight_stats(w[s], slices)[0] for s in SPLITS}
-    log_std = {s: code[s][:, :len(slices)] for s in SPLITS}
+    log_std = {s: code["tensor"][s][:, :len(slices)] for s in SPLITS}
     feats = {
         "log_std": log_std,
         "sW": sw,
         "sW+log_std": {s: np.hstack([sw[s], log_std[s]]) for s in SPLITS},
-        "scale_direction_code": code,
+        "scale_direction_code": code["tensor"],
+        "unit_scale_code": code["unit"],
         "pca_code": pca_features(w["train"], {s: w[s] for s in ("val", "test")}, slices, latent),
         "outputs": outputs,
     }
@@ -225,7 +232,7 @@ def main() -> None:
         if not (shards / "manifest.json").exists():
             sys.exit(f"{shards}: no shards; run `dvc repro ingest` first")
         if args.tiny:
-            latent = 20
+            latent = 120  # the unit-scale code leads with 108 measured values
         model, latents = Path(args.model), Path(args.latents)
         if args.tiny or not (model.exists() and latents.exists()):
             print(f"{model}, {latents}: not both there (or --tiny); no decoded_train_acc reference", file=sys.stderr)
