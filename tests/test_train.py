@@ -363,3 +363,93 @@ def test_tensor_scales_code_each_groups_own_scale_and_run_end_to_end(tiny_zoo, t
     two = {**layouts, "other": next(iter(layouts.values()))}
     with pytest.raises(ParamsError, match="train.tensor_scales: True is not allowed; these shards hold 2 layouts"):
         tensor_sizes(two, tiny(tensor_scales=True))
+
+
+@pytest.mark.parametrize("scales", [False, True])
+def test_function_code_codes_the_predicted_classes_and_runs_end_to_end(tiny_zoo, tmp_path, scales):
+    """`train.function_code` on a one-layout zoo (the tiny zoo's CNNs, 2 in train): the code's leading values are
+    the whitened principal components of the one-hot classes each network predicts on the probe inputs, here
+    computed by hand from the networks run as `nn.Module`s (2 train networks: one direction, the rest 0);
+    `tensor_scales` follow them; refinement keeps both; encode -> reconstruct run on it; and what it cannot do
+    is one error each."""
+    import shutil
+
+    from weightvae.archs import build_model
+    from weightvae.behaviour import probe_inputs
+    from weightvae.layout import Layout
+
+    cnn = tmp_path / "cnn_zoo"
+    shutil.copytree(tiny_zoo[0], cnn, ignore=lambda d, names: [n for n in names if "mlp" in n])
+    shards = tmp_path / "shards"
+    ingest(IngestParams(zoo_dir=str(cnn), workers=1), shards, log=lambda *_: None)
+    k, n_stats = 3, 2 * 8 if scales else 0
+    p = tiny(function_code=k, tensor_scales=scales, probe_count=16, latent_dim=k + n_stats + 4, max_epochs=1)
+    out = fit(p, shards, tmp_path / "run")[0]
+    model = VAE.from_export(str(out))
+    assert model.net.n_func == k and model.measured_latent == k + n_stats and model.cfg.function_dim == 16 * 10
+    encode(EncodeParams(refine_steps=0), shards, out, tmp_path / "latents.parquet")
+    probes = probe_inputs("digits", 16)
+
+    def signatures(split: str) -> tuple[list[str], torch.Tensor]:
+        """Each network's one-hot predictions on the probes, flat, from its state_dict in an `nn.Module`."""
+        ds = ZooDataset(shards, split, normalize=False)
+        ids, rows = [], []
+        for i in range(len(ds)):
+            props = ds[i]["model_properties"]
+            net = build_model(props["architecture"], json.loads(props["arch_kwargs"] or "{}"))
+            layout = Layout.from_dict(props["layout"])
+            net.load_state_dict(layout.unflatten(ds.vector(i, pad=False), props.get("buffers") or {}))
+            with torch.no_grad():
+                pred = net.eval()(probes).argmax(-1)
+            ids.append(props["id"])
+            rows.append(torch.nn.functional.one_hot(pred, 10).flatten().double())
+        return ids, torch.stack(rows)
+
+    train_ids, s_train = signatures("train")
+    assert len(train_ids) == 2
+    v = s_train[0] - s_train[1]
+    assert v.abs().sum() > 0  # the two train networks predict differently on some probe
+    # two centred rows +-v/2: one direction v/|v|, std |v|/sqrt(2) (n - 1 = 1)
+    hand = {}
+    for split in ("train", "test"):
+        ids, s = signatures(split)
+        hand.update(zip(ids, ((s - s_train.mean(0)) @ v / v.norm() / (v.norm() / 2 ** 0.5)).tolist()))
+    codes = {}
+    for split in ("train", "test"):
+        rows, z = read_latents(tmp_path / "latents.parquet", split)
+        codes.update({r["id"]: c for r, c in zip(rows, z, strict=True)})
+    sign = 1.0 if codes[train_ids[0]][0] * hand[train_ids[0]] > 0 else -1.0  # a direction's sign is arbitrary
+    for i, h in hand.items():
+        assert codes[i][0].item() == pytest.approx(sign * h, abs=1e-5), i
+        assert torch.equal(codes[i][1:k], torch.zeros(k - 1)), i  # beyond the signatures' rank: 0
+    assert sum(hand[i] ** 2 for i in train_ids) / (2 - 1) == pytest.approx(1.0)  # whitened: unit variance on train
+    # refinement moves the code and keeps the measured values exactly
+    encode(EncodeParams(refine_steps=3, probe_count=8), shards, out, tmp_path / "refined.parquet")
+    _, z = read_latents(tmp_path / "latents.parquet", "test")
+    _, zr = read_latents(tmp_path / "refined.parquet", "test")
+    m = k + n_stats
+    assert torch.equal(zr[:, :m], z[:, :m]) and not torch.allclose(zr[:, m:], z[:, m:])
+    reconstruct(ReconstructParams(n_samples=2), shards, out, tmp_path / "refined.parquet", tmp_path / "recon")
+    assert len(list((tmp_path / "recon" / "test").glob("*.pt"))) == len(z)
+    if scales:
+        return
+
+    with pytest.raises(ParamsError, match="train.function_code: 3 is not allowed; the function code is a "
+                                          "linear-codec feature"):
+        tiny(codec="conv", function_code=3)
+    with pytest.raises(ParamsError, match="train.function_code: 3 is not allowed; the function code and "
+                                          "train.encoder_probes both give the encoder"):
+        tiny(function_code=3, encoder_probes=True)
+    with pytest.raises(ParamsError, match=r"train.latent_dim: 8 is not allowed; the latent holds the 8 values of "
+                                          r"train.function_code plus the code: need > 8"):
+        tiny(function_code=8)
+    with pytest.raises(ParamsError, match="train.function_code: -1 is not allowed; need >= 0"):
+        tiny(function_code=-1)
+
+
+def test_function_code_refuses_a_zoo_of_two_layouts(shards, tmp_path):
+    """The tiny zoo holds CNNs and MLPs: two layouts, so no one signature; the error says so before training."""
+    with pytest.raises(ParamsError, match=r"train.function_code: 2 is not allowed; the function code needs one "
+                                          r"layout .* these shards hold 2 layout\(s\) and 2 runnable"):
+        fit(tiny(function_code=2), shards, tmp_path / "run")
+    assert not (tmp_path / "run" / "vae.ckpt").exists()

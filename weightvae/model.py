@@ -70,9 +70,10 @@ class VAE(L.LightningModule):
 
     @property
     def measured_latent(self) -> int:
-        """How many leading latent values are measured statistics of the weights rather than a learned code
-        (each tensor's or unit's log-std and mean with `tensor_scales`; 0 otherwise). Refinement keeps them."""
-        return getattr(self.net, "n_stats", 0)
+        """How many leading latent values are measured from the network rather than a learned code (the code of its
+        predictions with `function_code`, each tensor's or unit's log-std and mean with `tensor_scales`; 0
+        otherwise). Refinement keeps them."""
+        return getattr(self.net, "n_func", 0) + getattr(self.net, "n_stats", 0)
 
     # ---- normalisation
     def set_normalization(self, stats: Mapping[str, tuple[Tensor, Tensor]]) -> None:
@@ -152,14 +153,18 @@ class VAE(L.LightningModule):
 
     def _cond(self, x: Tensor, layout_ids: Sequence[str],
               keys: Sequence[str]) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        """(function signature for the encoder or None, reference logits or None, valid rows)."""
-        need = self.loss_cfg.encoder_probes or self.loss_cfg.behaviour_weight > 0
+        """(function signature for the encoder or None, reference logits or None, valid rows). With
+        `function_code` the signature is the one-hot class the network predicts on each probe input."""
+        need = self.loss_cfg.encoder_probes or self.loss_cfg.behaviour_weight > 0 or self.cfg.function_code > 0
         if not need:
             return None, None, torch.zeros(len(x), dtype=torch.bool, device=x.device)
         with torch.no_grad():
             ref, valid = self.function_logits(x, layout_ids, keys)
         cond = None
-        if self.loss_cfg.encoder_probes:
+        if self.cfg.function_code:
+            assert ref is not None and bool(valid.all()), "the function code needs every network's predictions"
+            cond = prediction_signature(ref)
+        elif self.loss_cfg.encoder_probes:
             cond = ref.softmax(-1).flatten(1) * valid[:, None] if ref is not None else \
                 x.new_zeros(len(x), self.cfg.cond_dim)
         return cond, ref, valid
@@ -331,6 +336,12 @@ class VAE(L.LightningModule):
         model = cls(**blob["hyper_parameters"])
         model.load_state_dict(blob["state_dict"])
         return model.eval()
+
+
+def prediction_signature(logits: Tensor) -> Tensor:
+    """Logits `[B, P, K]` -> `[B, P * K]`: the one-hot class each network predicts on each probe input (what the
+    function code codes: which classes it picks, so that how often it is right is a linear function of it)."""
+    return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).flatten(1).to(logits)
 
 
 def function_key(task: str, layout_id: str) -> str:

@@ -15,7 +15,10 @@ by them (a scale and direction per tensor, as in weight normalisation): the deco
 tensor's decoded direction by exp(its log-std value), so how large each layer is, which the zoo's
 accuracy and training state show in, is a latent value a linear probe reads directly. The groups are
 `tensor_sizes`, consecutive runs of the flat vector: each learned tensor, or (`train.scale_groups: unit`)
-each output unit's incoming weights, weight normalisation's per-unit g.
+each output unit's incoming weights, weight normalisation's per-unit g. With `function_code` the latent
+leads with a code of what the network predicts: the one-hot classes it picks on the probe inputs, projected
+on their top `function_code` principal directions over the train split (whitened; `init_function_code`),
+a fingerprint of the function that the decoder reads through its own affine map (`from_func`, started at 0).
 
 `ConvVAE` (`codec: conv`): the vector reshaped into a one-channel image `[B, 1, H, W]` so convolutions
 share parameters across it (the field's usual recipe). Image shape rule (`image_shape`): with
@@ -69,6 +72,8 @@ class VAEConfig:
     tensor_sizes: tuple[int, ...] = ()  # chunk codec: numel of each learned tensor, layout after layout
     layout_tensors: tuple[int, ...] = ()  # chunk codec: learned tensors of each layout (() = one layout)
     tensor_scales: bool = False  # linear codec: the latent carries each group's own log-std and mean (tensor_sizes)
+    function_code: int = 0  # linear codec: leading latent values that code the network's predictions (0 = off)
+    function_dim: int = 0  # function_code: length of the prediction signature (probe inputs x classes, one-hot)
 
     @staticmethod
     def d2nwg(max_len: int) -> VAEConfig:
@@ -246,9 +251,11 @@ class LinearVAE(nn.Module):
         self.cond_proj = nn.Sequential(nn.Linear(cfg.cond_dim, cond), nn.SiLU()) if cfg.cond_dim else None
         sizes = cfg.tensor_sizes if cfg.tensor_scales else ()
         self.n_stats = 2 * len(sizes)  # [log-std of each tensor | mean of each tensor] lead the latent
-        assert cfg.latent_dim > self.n_stats and sum(sizes) <= cfg.max_len, \
-            f"latent_dim {cfg.latent_dim} must exceed 2 x {len(sizes)} tensors, tensors must fit max_len"
-        code = cfg.latent_dim - self.n_stats
+        self.n_func = cfg.function_code  # ... after the function code: [function code | statistics | code]
+        assert cfg.latent_dim > self.n_func + self.n_stats and sum(sizes) <= cfg.max_len, \
+            f"latent_dim {cfg.latent_dim} must exceed {self.n_func} + 2 x {len(sizes)} tensors, tensors must fit max_len"
+        assert not self.n_func or cfg.function_dim > 0, "function_code needs the signature's length (function_dim)"
+        code = cfg.latent_dim - self.n_func - self.n_stats
         self.to_latent = nn.Linear(cfg.max_len + cond, 2 * code)  # [mean | logvar]
         self.from_latent = nn.Linear(code, cfg.max_len)
         self.latent_shape: tuple[int, ...] = (cfg.latent_dim,)
@@ -258,6 +265,11 @@ class LinearVAE(nn.Module):
             self.register_buffer("tensor_of", tensor_of, persistent=False)
             self.register_buffer("tensor_numel", torch.bincount(tensor_of, minlength=len(sizes) + 1).clamp(min=1)
                                  .float(), persistent=False)
+        if self.n_func:  # the projection of a signature onto the code; saved with the model
+            self.register_buffer("func_mean", torch.zeros(cfg.function_dim))
+            self.register_buffer("func_basis", torch.zeros(self.n_func, cfg.function_dim))
+            self.from_func = nn.Linear(self.n_func, cfg.max_len, bias=False)
+            nn.init.zeros_(self.from_func.weight)
 
     @torch.no_grad()
     def init_pca(self, x: Tensor, logvar: float = -9.0) -> None:
@@ -291,6 +303,21 @@ class LinearVAE(nn.Module):
         self.from_latent.weight.copy_((basis.T * scale).to(w))
         self.from_latent.bias.copy_(centre.to(w))
 
+    @torch.no_grad()
+    def init_function_code(self, signatures: Tensor) -> None:
+        """`function_code`: the projection that codes a network's signature (its one-hot predictions on the probe
+        inputs, flat `[N, function_dim]`, of the train split): its top principal directions, each divided by its
+        std over `signatures`, so the function code is whitened like the rest. Directions beyond the signatures'
+        rank stay 0 (a value every network shares)."""
+        s = signatures.double()
+        centre = s.mean(0)
+        _, sv, vh = torch.linalg.svd(s - centre, full_matrices=False)
+        std = sv / math.sqrt(max(len(s) - 1, 1))
+        keep = int(min(self.n_func, (std > 1e-6 * std[0]).sum().item())) if len(std) else 0
+        self.func_mean.copy_(centre.to(self.func_mean))
+        self.func_basis.zero_()
+        self.func_basis[:keep] = (vh[:keep] / std[:keep, None]).to(self.func_basis)
+
     def get_input(self, x: Tensor) -> Tensor:
         """The encoder's input: the flat vector itself, `[B, L]`, shape checked."""
         assert x.dim() == 2 and x.shape[1] == self.cfg.max_len, \
@@ -310,29 +337,41 @@ class LinearVAE(nn.Module):
         return dev / std[:, idx], torch.cat([std[:, :t].log(), mean[:, :t]], 1)
 
     def encode(self, x: Tensor, cond: Tensor | None = None) -> DiagonalGaussian:
-        """x: flat `[B, L]` (+ cond `[B, cond_dim]`, the function signature) -> posterior over `[B, latent_dim]`."""
+        """x: flat `[B, L]` (+ cond: `[B, cond_dim]`, the function signature the encoder reads, or with
+        `function_code` `[B, function_dim]`, the one-hot predictions it codes) -> posterior over `[B, latent_dim]`."""
         x = self.get_input(x)
         stats = None
         if self.n_stats:
             x, stats = self.tensor_standardise(x)
-        if self.cond_proj is not None:
+        if self.n_func:
+            assert cond is not None and cond.shape == (len(x), self.cfg.function_dim), \
+                "the function code needs the network's one-hot predictions on the probes"
+            func = (cond.to(self.func_basis) - self.func_mean) @ self.func_basis.T
+            stats = func if stats is None else torch.cat([func, stats], 1)
+        elif self.cond_proj is not None:
             assert cond is not None and cond.shape == (len(x), self.cfg.cond_dim), "encoder needs the function signature"
             x = torch.cat([x, self.cond_proj(cond)], 1)
         params = self.to_latent(x)
-        if stats is not None:  # the statistics are (near-)deterministic latent values
+        if stats is not None:  # measured values (function code, statistics): (near-)deterministic latent values
             mean, logvar = params.chunk(2, dim=1)
             params = torch.cat([stats, mean, torch.full_like(stats, STATS_LOGVAR), logvar], 1)
         return DiagonalGaussian(params)
 
     def decode(self, z: Tensor) -> Tensor:
-        """z: `[B, latent_dim]` -> flat `[B, L]` (`tensor_scales`: each tensor's decoded direction times
-        exp(its log-std value) plus its mean value)."""
-        if not self.n_stats:
+        """z: `[B, latent_dim]` -> flat `[B, L]` (`function_code`: the leading values through `from_func` added to the
+        code's decoding; `tensor_scales`: each tensor's decoded direction times exp(its log-std value) plus its mean
+        value)."""
+        if not self.n_stats and not self.n_func:
             return self.from_latent(z)
+        f, n = self.n_func, self.n_func + self.n_stats
+        x = self.from_latent(z[:, n:])
+        if f:
+            x = x + self.from_func(z[:, :f])
+        if not self.n_stats:
+            return x
         t = self.n_stats // 2
-        x = self.from_latent(z[:, self.n_stats:])
-        scale = torch.cat([z[:, :t].exp(), z.new_ones(len(z), 1)], 1)
-        shift = torch.cat([z[:, t:self.n_stats], z.new_zeros(len(z), 1)], 1)
+        scale = torch.cat([z[:, f:f + t].exp(), z.new_ones(len(z), 1)], 1)
+        shift = torch.cat([z[:, f + t:n], z.new_zeros(len(z), 1)], 1)
         return x * scale[:, self.tensor_of] + shift[:, self.tensor_of]
 
     def forward(self, x: Tensor, sample_posterior: bool = True, cond: Tensor | None = None

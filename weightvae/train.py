@@ -41,6 +41,7 @@ class TrainParams:
     window: int | None = None  # chunk codec: chunks per model in a training step (null: whole models)
     tensor_scales: bool = False  # linear codec: each tensor's log-std and mean lead the latent (README)
     scale_groups: Literal["tensor", "unit"] = "tensor"  # tensor_scales: a log-std and mean per tensor or per unit
+    function_code: int = 0  # linear codec: latent values that code the network's predictions on the probes (README)
     preset: Literal["small", "d2nwg"] = "small"
     channels: tuple[int, ...] = (16,)
     blocks_per_level: int = 1
@@ -93,6 +94,15 @@ class TrainParams:
                 "train.loss: layer or mse with it (or window: null)")
         require(self.codec == "linear" or not self.tensor_scales, "train.tensor_scales", self.tensor_scales,
                 "per-tensor scales in the latent are a linear-codec feature: set train.codec: linear with it")
+        require(self.function_code >= 0, "train.function_code", self.function_code, "need >= 0 (0: off)")
+        require(self.codec == "linear" or not self.function_code, "train.function_code", self.function_code,
+                "the function code is a linear-codec feature: set train.codec: linear with it (or function_code: 0)")
+        require(not (self.function_code and self.encoder_probes), "train.function_code", self.function_code,
+                "the function code and train.encoder_probes both give the encoder the network's outputs: "
+                "set encoder_probes: false with it")
+        require(self.latent_dim > self.function_code, "train.latent_dim", self.latent_dim,
+                f"the latent holds the {self.function_code} values of train.function_code plus the code: "
+                f"need > {self.function_code}")
         require(self.scale_groups in ("tensor", "unit"), "train.scale_groups", self.scale_groups, "choose tensor or unit")
         require(self.scale_groups == "tensor" or self.tensor_scales, "train.scale_groups", self.scale_groups,
                 "per-unit scales are a kind of tensor_scales: set train.tensor_scales: true with it")
@@ -161,9 +171,11 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
     from weightvae.nets import VAEConfig, vae_kwargs
     from weightvae.tasks import get_task
 
-    cond_dim = 0
+    cond_dim = function_dim = 0
     if p.encoder_probes and functional:
         cond_dim = p.probe_count * max(get_task(f["task"]).num_classes for f in functional.values())
+    if p.function_code and functional:
+        function_dim = p.probe_count * max(get_task(f["task"]).num_classes for f in functional.values())
     if p.codec == "conv" and p.preset == "d2nwg":
         cfg = VAEConfig.d2nwg(max_len)
     else:
@@ -172,7 +184,7 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
                         gradient_checkpointing=p.gradient_checkpointing, cond_dim=cond_dim, latent=p.latent,
                         latent_channels=p.latent_channels, chunk_size=p.chunk_size, chunk_latent=p.chunk_latent,
                         tensor_sizes=tuple(tensor_sizes[0]), layout_tensors=tuple(tensor_sizes[1]),
-                        tensor_scales=p.tensor_scales)
+                        tensor_scales=p.tensor_scales, function_code=p.function_code, function_dim=function_dim)
     loss = {"loss": p.loss, "kl_weight": p.kl_weight, "learning_rate": p.learning_rate,
             "weight_decay": p.weight_decay, "input_noise": p.input_noise, "latent_noise": p.latent_noise,
             "behaviour_weight": p.behaviour_weight, "probe_count": p.probe_count,
@@ -204,9 +216,10 @@ def tensor_sizes(layouts: dict[str, Any], p: TrainParams) -> tuple[tuple[int, ..
         (layout,) = layouts.values()
         sizes = scale_group_sizes(layout, p.scale_groups)
         what = "learned tensors" if p.scale_groups == "tensor" else "units and 1-D tensors (train.scale_groups: unit)"
-        require(p.latent_dim > 2 * len(sizes), "train.latent_dim", p.latent_dim,
-                f"with train.tensor_scales the latent holds 2 values for each of the {len(sizes)} {what} "
-                f"plus the code: need > {2 * len(sizes)}")
+        func = f"the {p.function_code} of train.function_code, " if p.function_code else ""
+        require(p.latent_dim > p.function_code + 2 * len(sizes), "train.latent_dim", p.latent_dim,
+                f"with train.tensor_scales the latent holds {func}2 values for each of the {len(sizes)} {what} "
+                f"plus the code: need > {p.function_code + 2 * len(sizes)}")
         return sizes, ()
     if p.codec != "chunk":
         return (), ()
@@ -215,6 +228,29 @@ def tensor_sizes(layouts: dict[str, Any], p: TrainParams) -> tuple[tuple[int, ..
             "so no model is padded to the longest (set train.window, e.g. 64)")
     learned = [[e["numel"] for e in layouts[lid]["entries"] if e["learned"]] for lid in sorted(layouts)]
     return tuple(n for sizes in learned for n in sizes), tuple(len(s) for s in learned) if len(learned) > 1 else ()
+
+
+def check_function_code(p: TrainParams, layouts: dict[str, Any], functional: dict[str, dict[str, Any]]) -> None:
+    """`train.function_code` codes one kind of network's predictions: one layout, run on one task."""
+    if not p.function_code:
+        return
+    require(len(layouts) == 1 and len(functional) == 1, "train.function_code", p.function_code,
+            f"the function code needs one layout that weightvae can run on one task; these shards hold "
+            f"{len(layouts)} layout(s) and {len(functional)} runnable task/layout group(s) (the lines above say "
+            "why one is left out): set train.function_code: 0")
+
+
+@torch.no_grad()
+def prediction_signatures(model, x: torch.Tensor, layout_id: str, batch: int = 256) -> torch.Tensor:
+    """`[N, probe inputs x classes]`: the one-hot predictions of the (normalised, flat) networks `x` on the
+    module's probe inputs, in batches (what `init_function_code` takes the principal directions of)."""
+    from weightvae.model import prediction_signature
+
+    out = []
+    for i in range(0, len(x), batch):
+        logits, _ = model.function_logits(x[i:i + batch], [layout_id] * len(x[i:i + batch]))
+        out.append(prediction_signature(logits))
+    return torch.cat(out)
 
 
 class _Vectors:
@@ -239,7 +275,10 @@ def initial_module(p: TrainParams, ds, layout_ids: list[str], n_layers: int,
     if p.normalize:
         model.set_normalization({lid: ds.normalization(lid) for lid in layout_ids})
     if p.codec == "linear":
-        model.net.init_pca(torch.stack([ds.vector(i) for i in range(len(ds))]))
+        x = torch.stack([ds.vector(i) for i in range(len(ds))])
+        model.net.init_pca(x)
+        if p.function_code:
+            model.net.init_function_code(prediction_signatures(model, x, layout_ids[0]))
     elif p.codec == "chunk":  # read one model at a time: the train split is never held whole
         for k, lid in enumerate(layout_ids):
             model.net.init_pca(_Vectors(ds, lid), layout=k)
@@ -271,6 +310,7 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     # layer ids: per layout for whole vectors; the chunk codec numbers every layout's tensors in a row
     n_layers = len(sizes[0]) or max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
     functional = functional_info(shards, layouts)  # also what latent refinement (the encode stage) runs
+    check_function_code(p, layouts, functional)
     model = initial_module(p, ds, layout_ids, n_layers, functional, sizes)
 
     ckpt_dir = Path(ckpt_dir)
