@@ -20,6 +20,7 @@ SMOKE = {
     "large.py": ["--print"],  # the command only: the run itself takes ~half an hour
     "scale.py": ["--sizes", "1.7k,17k", "--models", "10", "--steps", "2", "--batch", "2"],
     "probe_features.py": ["--tiny", "--probes", "16", "--mlp-epochs", "2"],
+    "function_code.py": ["--tiny"],
 }
 
 

@@ -387,6 +387,9 @@ def test_function_code_codes_the_predicted_classes_and_runs_end_to_end(tiny_zoo,
     out = fit(p, shards, tmp_path / "run")[0]
     model = VAE.from_export(str(out))
     assert model.net.n_func == k and model.measured_latent == k + n_stats and model.cfg.function_dim == 16 * 10
+    assert model.hparams["vae"]["function_code"] == k
+    # off, the fields are left out of the export: a default model's bytes stay those dvc.lock records
+    assert "function_code" not in build_module(tiny(), 20, ["a"], 1).hparams["vae"]
     encode(EncodeParams(refine_steps=0), shards, out, tmp_path / "latents.parquet")
     probes = probe_inputs("digits", 16)
 

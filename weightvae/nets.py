@@ -544,4 +544,6 @@ def vae_kwargs(cfg: VAEConfig) -> dict:
     d["channels"] = list(d["channels"])
     d["tensor_sizes"] = list(d["tensor_sizes"])
     d["layout_tensors"] = list(d["layout_tensors"])
+    if not cfg.function_code:  # left out when off: a default model's export keeps the bytes dvc.lock records
+        del d["function_code"], d["function_dim"]
     return d
