@@ -253,7 +253,8 @@ class LinearVAE(nn.Module):
         self.n_stats = 2 * len(sizes)  # [log-std of each tensor | mean of each tensor] lead the latent
         self.n_func = cfg.function_code  # ... after the function code: [function code | statistics | code]
         assert cfg.latent_dim > self.n_func + self.n_stats and sum(sizes) <= cfg.max_len, \
-            f"latent_dim {cfg.latent_dim} must exceed {self.n_func} + 2 x {len(sizes)} tensors, tensors must fit max_len"
+            f"latent_dim {cfg.latent_dim} must exceed {self.n_func} + 2 x {len(sizes)} tensors, " \
+            "tensors must fit max_len"
         assert not self.n_func or cfg.function_dim > 0, "function_code needs the signature's length (function_dim)"
         code = cfg.latent_dim - self.n_func - self.n_stats
         self.to_latent = nn.Linear(cfg.max_len + cond, 2 * code)  # [mean | logvar]
