@@ -171,11 +171,10 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
     from weightvae.nets import VAEConfig, vae_kwargs
     from weightvae.tasks import get_task
 
-    cond_dim = function_dim = 0
-    if p.encoder_probes and functional:
-        cond_dim = p.probe_count * max(get_task(f["task"]).num_classes for f in functional.values())
-    if p.function_code and functional:
-        function_dim = p.probe_count * max(get_task(f["task"]).num_classes for f in functional.values())
+    # the network's outputs on the probes, flat: what encoder_probes feeds the encoder, what function_code codes
+    signature = p.probe_count * max(get_task(f["task"]).num_classes for f in functional.values()) if functional else 0
+    cond_dim = signature if p.encoder_probes else 0
+    function_dim = signature if p.function_code else 0
     if p.codec == "conv" and p.preset == "d2nwg":
         cfg = VAEConfig.d2nwg(max_len)
     else:
