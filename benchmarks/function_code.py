@@ -56,7 +56,7 @@ def tiny(root: Path) -> tuple[Path, Path]:
     from weightvae.train import TrainParams, train
 
     shards = tiny_shards(root)
-    p = TrainParams(latent_dim=24, function_code=4, probe_count=16, max_epochs=1, batch_size=8, accelerator="cpu")
+    p = TrainParams(codec="linear", latent_dim=24, function_code=4, probe_count=16, max_epochs=1, batch_size=8, accelerator="cpu")
     train(p, shards, root / "vae.ckpt", root / "lightning", root / "live")
     encode(EncodeParams(refine_steps=0), shards, root / "vae.ckpt", root / "latents.parquet")
     return root / "vae.ckpt", root / "latents.parquet"

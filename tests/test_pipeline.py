@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["zoo", "ingest", "train", "encode", "reconstruct", "evaluate", "probe"]
+STAGES = ["zoo", "ingest", "train", "encode", "controls", "reconstruct", "evaluate", "probe"]
 
 
 def _sh(cmd: list[str], cwd: Path) -> str:
@@ -47,7 +47,7 @@ def _results(repo: Path) -> tuple[dict, dict]:
               if not o["path"].startswith("metrics/")}
     metrics = {p: _without_timings(json.loads((repo / p).read_text()))
                for p in ["metrics/zoo.json", "metrics/ingest.json", "metrics/eval.json", "metrics/train/metrics.json",
-                         "metrics/encode.json", "metrics/probe.json"]}
+                         "metrics/encode.json", "metrics/controls.json", "metrics/probe.json"]}
     for p in ("metrics/eval_models.csv", "metrics/probe_models.csv"):
         metrics[p] = (repo / p).read_text()
     return hashes, metrics
@@ -84,7 +84,9 @@ def repo(tmp_path_factory) -> Path:
 
 def test_pipeline_runs_and_writes_every_output(repo):
     for path in ["model_data/weights", "model_data/shards/models.parquet", "model_data/models/vae.ckpt",
-                 "model_data/latents.parquet", "metrics/encode.json", "metrics/eval.json", "metrics/eval_models.csv",
+                 "model_data/latents.parquet", "metrics/encode.json", "model_data/controls/pca_refined.pt",
+                 "model_data/controls/random_refined.pt", "metrics/controls.json", "metrics/eval.json",
+                 "metrics/eval_models.csv",
                  "metrics/plots/accuracy_scatter.png", "metrics/plots/layer_r2.png",
                  "metrics/plots/accuracy_histograms.png", "metrics/plots/training_curves.png",
                  "metrics/probe.json", "metrics/probe_models.csv", "metrics/plots/probe_r2.png"]:
@@ -96,7 +98,8 @@ def test_pipeline_runs_and_writes_every_output(repo):
     assert {"batch_size: skipped, constant (32) on the training split",
             "epochs: skipped, constant (2) on the training split"} <= set(probe["skipped"])
     head = json.loads((repo / "metrics/eval.json").read_text())
-    for method in ("vae", "mean", "nearest_train", "oracle_train", "random_train", "noise_0.1"):
+    for method in ("vae", "vae_encoder", "pca_refined", "random_refined", "mean", "nearest_train", "oracle_train",
+                   "random_train", "noise_0.1"):
         assert {"retention", "agreement", "r2"} <= set(head[method]), method
     assert "fidelity_gain" in head and "samples" in head
     out = _sh(["dvc", "status"], repo)
@@ -114,6 +117,7 @@ def test_second_repro_does_nothing_and_forced_rerun_reproduces_exactly(repo):
 
 
 def test_changing_a_train_param_reruns_exactly_the_downstream_stages(repo):
+    """A codec change reruns what depends on the codec; the controls (shards and refinement only) stay."""
     out = _sh(["dvc", "exp", "run", "-S", "train.batch_size=8"], repo)
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
     assert ran == {"train", "encode", "reconstruct", "evaluate", "probe"}, out[-2000:]

@@ -98,7 +98,8 @@ def trained(tiny_zoo, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(base)  # DVCLive must not find this repository's dvc.yaml
     try:
-        train(TrainParams(latent_dim=6, max_epochs=1, batch_size=4, accelerator="cpu", probe_count=8), base / "shards",
+        train(TrainParams(codec="linear", latent_dim=6, learning_rate=1e-4, lr_schedule="constant", behaviour_weight=1.0,
+              behaviour_batch=0, max_epochs=1, batch_size=4, accelerator="cpu", probe_count=8), base / "shards",
               base / "vae.ckpt", base / "ckpt", base / "live")
     finally:
         os.chdir(cwd)

@@ -22,7 +22,8 @@ from weightvae.reconstruct import ReconstructParams, reconstruct
 from weightvae.train import TrainParams, build_module, run, train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"channels": [4, 8], "latent_dim": 8, "max_epochs": 2, "batch_size": 4, "accelerator": "cpu"}
+TINY = {"codec": "linear", "channels": [4, 8], "latent_dim": 8, "max_epochs": 2, "batch_size": 4, "accelerator": "cpu",
+        "learning_rate": 1e-4, "lr_schedule": "constant", "behaviour_weight": 1.0, "behaviour_batch": 0}
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ COMMANDS = {
     "ingest": ("weightvae.ingest", "zoo folder -> Parquet + tensor shards with leak-free splits (`ingest:`)"),
     "train": ("weightvae.train", "train the weight VAE with Lightning (`train:`)"),
     "encode": ("weightvae.encode", "every model to its latent code, refined against its function (`encode:`)"),
+    "controls": ("weightvae.controls", "the same refinement in a PCA and a random subspace: the bar (`controls:`)"),
     "reconstruct": ("weightvae.reconstruct", ("decode val/test models from their codes, sample new ones "
                                               "(`reconstruct:`)")),
     "evaluate": ("weightvae.evaluate", "evaluate reconstructions and samples as networks (`evaluate:`)"),
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin()  # before any stage module imports torch or numpy
     parser = argparse.ArgumentParser(
         prog="weightvae",
-        description="Generative models of neural-network weights. The first seven subcommands are the stages "
+        description="Generative models of neural-network weights. The first eight subcommands are the stages "
                     "of dvc.yaml; export and import-legacy move networks out of and into its formats.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -8,7 +8,8 @@ downstream: reconstruct decodes them (and samples around the training split's), 
 reads properties off them.
 
 Output (one Parquet file, replaced atomically): one row per model with its id, split, task,
-architecture, layout, run, epoch, `latent` (flattened), and `behaviour_kl_encoder` /
+architecture, layout, run, epoch, `latent` (flattened), `latent_encoder` (the encoder's code before
+refinement, which evaluate scores as `vae_encoder`), and `behaviour_kl_encoder` /
 `behaviour_kl` (on the probes, before and after refinement; null where the network cannot be run).
 """
 
@@ -80,10 +81,11 @@ def encode(p: EncodeParams, shards: str | Path, model_path: str | Path, out: str
                     z0 = model.encode(batch).mode()
                 z, before, after = refine(model, z0, x, lids, keys, p.refine_steps, p.refine_lr, p.probe_count,
                                           p.probe_batch, p.seed)
-                for pr, zi, b, a in zip(props, z, before.tolist(), after.tolist(), strict=True):
+                for pr, zi, ei, b, a in zip(props, z, z0, before.tolist(), after.tolist(), strict=True):
                     rows.append({"id": pr["id"], "split": split, "task": pr["task"], "architecture": pr["architecture"],
                                  "layout_id": pr["layout_id"], "run_id": pr["run_id"], "epoch": pr["epoch"],
                                  "latent": zi.flatten().numpy().astype(np.float32),
+                                 "latent_encoder": ei.flatten().numpy().astype(np.float32),
                                  "behaviour_kl_encoder": None if math.isnan(b) else b,
                                  "behaviour_kl": None if math.isnan(a) else a})
                 bar.update(len(x))
@@ -94,6 +96,7 @@ def encode(p: EncodeParams, shards: str | Path, model_path: str | Path, out: str
 _SCHEMA = pa.schema([("id", pa.string()), ("split", pa.string()), ("task", pa.string()),
                      ("architecture", pa.string()), ("layout_id", pa.string()), ("run_id", pa.string()),
                      ("epoch", pa.int64()), ("latent", pa.list_(pa.float32())),
+                     ("latent_encoder", pa.list_(pa.float32())),
                      ("behaviour_kl_encoder", pa.float64()), ("behaviour_kl", pa.float64())])
 
 
@@ -104,17 +107,17 @@ def write_latents(path: str | Path, rows: list[dict[str, Any]]) -> None:
         pq.write_table(table, tmp)
 
 
-def read_latents(path: str | Path, split: str | None = None,
-                 layout_id: str | None = None) -> tuple[list[dict[str, Any]], torch.Tensor]:
-    """(rows without `latent`, latents `[N, latent_size]` float32) of one split (or all) and one layout (or
-    all), in file order. The chunk codec's codes on a joint zoo are as long as their network needs: read those
-    a layout at a time."""
+def read_latents(path: str | Path, split: str | None = None, layout_id: str | None = None,
+                 column: str = "latent") -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """(rows without the codes, latents `[N, latent_size]` float32) of one split (or all) and one layout (or
+    all), in file order. `column`: `latent` (refined, the codes) or `latent_encoder` (the encoder's alone). The
+    chunk codec's codes on a joint zoo are as long as their network needs: read those a layout at a time."""
     table = pq.read_table(path)
-    for column, value in (("split", split), ("layout_id", layout_id)):
+    for key, value in (("split", split), ("layout_id", layout_id)):
         if value is not None:
-            table = table.filter(pc.equal(table[column], value))
-    latent = table.column("latent").to_pylist()
-    rows = table.drop(["latent"]).to_pylist()
+            table = table.filter(pc.equal(table[key], value))
+    latent = table.column(column).to_pylist()
+    rows = table.drop([c for c in ("latent", "latent_encoder") if c in table.column_names]).to_pylist()
     if len({len(v) for v in latent}) > 1:
         raise ValueError(f"{path}: codes of {len({len(v) for v in latent})} lengths (a chunk codec on several "
                          "layouts); read one layout at a time (layout_id=...)")

@@ -36,12 +36,13 @@ from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
 from weightvae.params import StageError, load_section, require
 from weightvae.progress import Progress
-from weightvae.records import POOL_FILE, file_name, pool_key
+from weightvae.records import CONTROLS, POOL_FILE, file_name, load_control, pool_key
 from weightvae.registry import ENABLE_HINT, check_spec, register
 from weightvae.shards import open_shard
 from weightvae.tasks import TASKS, get_task
 
 VAE = "vae"
+VAE_ENCODER = "vae_encoder"  # the encoder's code decoded, no refinement
 NEAREST = "nearest_train"
 ORACLE = "oracle_train"
 PCA = "pca"
@@ -111,10 +112,12 @@ class _Group:
                                                       zip(w, buffers, strict=True)], x)
 
 
-def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path,
-             latents: str | Path | None = None) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path, latents: str | Path | None = None,
+             controls: str | Path | None = None) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Returns (headline metrics, per-model table, data for the plots). `latents`: the encode stage's
-    table, for the code size (latent values per model) that `pca` matches and `compression_ratio` reports."""
+    table, for the code size (latent values per model) that `pca` matches and `compression_ratio` reports.
+    `controls`: the controls stage's folder (`weightvae.controls`), scored as methods beside `vae`; the
+    reconstructions' `encoder/<split>` folder, if there, is scored as `vae_encoder`."""
     shards, recon_dir = Path(shards), Path(recon_dir)
     if not (recon_dir / p.split).is_dir():
         raise EvaluateError(f"{recon_dir / p.split}: no reconstructions of the {p.split!r} split; add "
@@ -125,6 +128,8 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path,
     pools = json.loads((recon_dir / "samples" / POOL_FILE).read_text()) \
         if (recon_dir / "samples" / POOL_FILE).exists() else {}
     samples = _load_samples(recon_dir)
+    extra_files = {VAE_ENCODER: recon_dir / "encoder" / p.split} if (recon_dir / "encoder" / p.split).is_dir() else {}
+    control_nets = _load_controls(controls, p.split)
     gen = torch.Generator().manual_seed(p.seed)
     rows: list[dict[str, Any]] = []
     headline: dict[str, Any] = {"groups": {}}
@@ -145,9 +150,17 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path,
             torch.from_numpy(np.asarray(open_shard(shards, s, layout_id)[t.row.to_numpy()], dtype=np.float32))
             for s, t in ((p.split, test), ("train", train))))
         recon = torch.stack([_load_flat(layout, recon_dir / p.split / file_name(i)) for i in test.id])
+        extra = {name: torch.stack([_load_flat(layout, folder / file_name(i)) for i in test.id])
+                 for name, folder in extra_files.items()}
+        for name, nets in control_nets.items():
+            missing = [i for i in test.id if i not in nets]
+            if missing:
+                raise EvaluateError(f"{controls}/{name}.pt: no network for {len(missing)} {p.split} models (e.g. "
+                                    f"{missing[0]}); rerun the controls stage on these shards (dvc repro controls)")
+            extra[name] = torch.stack([nets[i] for i in test.id])
         sizes = {latent_sizes.get(i) for i in test.id}
         k = sizes.pop() if len(sizes) == 1 else None  # None: no latents written for this group
-        out, group_rows, layer_r2, acc = _evaluate_group(p, g, recon, k, gen, bar)
+        out, group_rows, layer_r2, acc = _evaluate_group(p, g, recon, k, gen, bar, extra)
         rows += group_rows
         for name, per_layer in layer_r2.items():
             plots["per_layer_r2"].setdefault(name, {}).update(
@@ -181,15 +194,28 @@ def _latent_sizes(latents: str | Path | None) -> dict[str, int]:
     return dict(zip(lat.id, (len(v) for v in lat.latent)))
 
 
+def _load_controls(folder: str | Path | None, split: str) -> dict[str, dict[str, torch.Tensor]]:
+    """{control name: {model id: refined network's flat weights}} from the controls stage's folder (none: {})."""
+    if folder is None:
+        return {}
+    folder = Path(folder)
+    files = {name: folder / f"{name}.pt" for name in CONTROLS}
+    if not all(f.exists() for f in files.values()):
+        raise EvaluateError(f"{folder}: no control networks ({', '.join(f.name for f in files.values())}); run the "
+                            "controls stage first (dvc repro controls)")
+    return {name: load_control(f) for name, f in files.items()}
+
+
 def _evaluate_group(p: EvaluateParams, g: _Group, recon: torch.Tensor, latent_size: int | None,
-                    gen: torch.Generator, bar: Progress) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any],
-                                                                 dict[str, Any]]:
+                    gen: torch.Generator, bar: Progress, extra: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Every method of one group against the originals: (group metrics, per-model rows,
-    per-layer R^2 per method, accuracies for the histograms)."""
+    per-layer R^2 per method, accuracies for the histograms). `extra`: more methods' networks, `[models, L]`
+    in the group's test order (`vae_encoder`, the controls)."""
     slices, scale = g.layout.slices(), g.scale
     train_mean = g.train_w.mean(0)  # [L] per entry: R^2's reference, the mean model
     near, _, _ = M.nearest_train_baseline(g.orig, g.train_w, scale)
-    cands = {VAE: recon}
+    cands = {VAE: recon, **(extra or {})}
     if latent_size is not None:
         cands[PCA] = M.pca_baseline(g.orig, g.train_w, g.mean, scale, latent_size)
     cands["mean"] = M.mean_baseline(g.train_w, len(g.orig))
@@ -231,7 +257,7 @@ def _evaluate_group(p: EvaluateParams, g: _Group, recon: torch.Tensor, latent_si
             per_model.update(acc=acc, retention=acc / acc_orig.clamp_min(eps), agreement=agree[name])
             m.update(acc=float(acc.mean()), retention=M.retention(acc, acc_orig),
                      retention_median=M.retention_median(acc, acc_orig, eps), agreement=float(agree[name].mean()))
-            if name in (VAE, NEAREST, ORACLE, "mean", PCA):
+            if name in (VAE, NEAREST, ORACLE, "mean", PCA):  # the histograms' methods
                 accs[name] = acc.tolist()
         out["methods"][name] = m
         layer_r2[name] = r2["per_layer"]
@@ -433,6 +459,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reconstruct output (default: %(default)s)")
     parser.add_argument("--latents", default="model_data/latents.parquet",
                         help="encode output, for the code size (default: %(default)s)")
+    parser.add_argument("--controls", default=None,
+                        help="controls stage output, scored as methods beside vae (e.g. model_data/controls)")
     parser.add_argument("--metrics", default="metrics/eval.json", help="headline metrics (default: %(default)s)")
     parser.add_argument("--table", default="metrics/eval_models.csv", help="per-model table (default: %(default)s)")
     parser.add_argument("--plots", default="metrics/plots", help="PNG plots folder (default: %(default)s)")
@@ -442,7 +470,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     p = load_section(args.params, "evaluate", EvaluateParams)
     register(p.architectures, p.tasks)
-    headline, df, plots = evaluate(p, args.shards, args.recon, args.latents)  # an EvaluateError: one line
+    headline, df, plots = evaluate(p, args.shards, args.recon, args.latents, args.controls)  # an EvaluateError: one line
     write_outputs(headline, df, plots, args.metrics, args.table, args.plots, args.live_dir)
     no_function = [m for m in headline.get("skipped", []) if ": functional metrics skipped" in m]
     for msg in headline.get("skipped", []):
@@ -457,7 +485,7 @@ def run(args: argparse.Namespace) -> None:
 
 def summary_line(h: dict[str, Any]) -> str:
     parts = []
-    for name in (VAE, PCA, NEAREST, ORACLE, "random_train", "mean"):
+    for name in (VAE, VAE_ENCODER, "pca_refined", "random_refined", PCA, NEAREST, ORACLE, "random_train", "mean"):
         m = h.get(name, {})
         if m:
             parts.append(f"{name}: " + " ".join(f"{k} {m[k]:.3f}" for k in ("retention", "agreement", "r2") if k in m))

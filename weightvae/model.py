@@ -35,6 +35,9 @@ class LossConfig:
     behaviour_weight: float = 0.0  # weight of KL(original || reconstruction) of outputs on probe inputs
     probe_count: int = 128  # probe inputs (from the task's training set) for the behavioural term / signature
     encoder_probes: bool = False  # feed the encoder the input network's outputs on the probes
+    behaviour_batch: int = 0  # training: inputs the behavioural term scores per step, drawn afresh from the task's
+    #                          training inputs (0: the fixed `probe_count` probes)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: 5 % warm-up, then down to 0 at the last step
 
 
 class VAE(L.LightningModule):
@@ -270,12 +273,34 @@ class VAE(L.LightningModule):
             terms["recon"] = l1 / self.logvar.exp() + self.logvar
         terms["loss"] = terms["recon"] + self.loss_cfg.kl_weight * terms["kl"]
         if self.loss_cfg.behaviour_weight > 0 and ref is not None:
-            from weightvae.behaviour import behaviour_kl
+            if self.training and self.loss_cfg.behaviour_batch:
+                terms["behaviour"] = self._behaviour_on_fresh_inputs(x, recon, layout_ids, keys)
+            else:
+                from weightvae.behaviour import behaviour_kl
 
-            logits, _ = self.function_logits(recon, layout_ids, keys)
-            terms["behaviour"] = behaviour_kl(ref[valid], logits[valid])
+                logits, _ = self.function_logits(recon, layout_ids, keys)
+                terms["behaviour"] = behaviour_kl(ref[valid], logits[valid])
             terms["loss"] = terms["loss"] + self.loss_cfg.behaviour_weight * terms["behaviour"]
         return terms
+
+    def _behaviour_on_fresh_inputs(self, x: Tensor, recon: Tensor, layout_ids: Sequence[str],
+                                   keys: Sequence[str]) -> Tensor:
+        """The behavioural KL, mean over the networks that can be run, each group scored on `behaviour_batch`
+        training inputs of its task drawn afresh (the global generator, which the trainer seeds): training sees
+        every training input over the epochs, not only the fixed probes, so the decoder cannot fit just those."""
+        from weightvae.behaviour import behaviour_kl_per_network, probe_inputs
+
+        total, count = x.new_zeros(()), 0
+        for key in sorted(set(keys) & set(self.functional)):
+            rows = torch.tensor([i for i, k in enumerate(keys) if k == key], device=x.device)
+            ids = [layout_ids[i] for i in rows]
+            pool = probe_inputs(self.functional[key]["task"], None)
+            probes = pool[torch.randint(len(pool), (self.loss_cfg.behaviour_batch,))]
+            with torch.no_grad():
+                ref = self.network_logits(x[rows], ids, key, probes)
+            total = total + behaviour_kl_per_network(ref, self.network_logits(recon[rows], ids, key, probes)).sum()
+            count += len(rows)
+        return total / max(count, 1)
 
     def _window_terms(self, batch: Mapping[str, Any], sample_posterior: bool) -> dict[str, Tensor]:
         """The weight losses on windows of chunks (`batch["chunks"]` `[B, W, size]`, numbered `batch["chunk_ids"]`
@@ -318,9 +343,14 @@ class VAE(L.LightningModule):
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         return self._common_step(batch, "test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         c = self.loss_cfg
-        return torch.optim.AdamW(self.parameters(), lr=c.learning_rate, betas=c.betas, weight_decay=c.weight_decay)
+        opt = torch.optim.AdamW(self.parameters(), lr=c.learning_rate, betas=c.betas, weight_decay=c.weight_decay)
+        if c.lr_schedule == "constant":
+            return opt
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, c.learning_rate, pct_start=0.05, anneal_strategy="cos",
+                                                    total_steps=max(int(self.trainer.estimated_stepping_batches), 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- self-describing export, loadable without a Trainer
     def export(self) -> dict[str, Any]:

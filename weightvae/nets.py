@@ -58,7 +58,7 @@ class VAEConfig:
     latent 4x16x16)."""
 
     max_len: int
-    codec: Literal["conv", "linear", "chunk"] = "conv"
+    codec: Literal["conv", "linear", "chunk", "function"] = "conv"
     preset: Literal["small", "d2nwg"] = "small"
     channels: tuple[int, ...] = (16, 32, 64)
     blocks_per_level: int = 1
@@ -74,6 +74,7 @@ class VAEConfig:
     tensor_scales: bool = False  # linear codec: the latent carries each group's own log-std and mean (tensor_sizes)
     function_code: int = 0  # linear codec: leading latent values that code the network's predictions (0 = off)
     function_dim: int = 0  # function_code: length of the prediction signature (probe inputs x classes, one-hot)
+    hidden: int = 0  # function codec: width of the encoder's and decoder's two hidden layers
 
     @staticmethod
     def d2nwg(max_len: int) -> VAEConfig:
@@ -281,21 +282,12 @@ class LinearVAE(nn.Module):
         posterior log-variance `logvar` everywhere (a near-deterministic code to start from). Directions
         beyond the rank of `x` are random ones orthogonal to the rest, with the smallest kept std. With
         `tensor_scales` the PCA is of each tensor standardised by its own mean and std."""
-        k, (n, length) = self.to_latent.out_features // 2, x.shape
+        k = self.to_latent.out_features // 2
         x = x.double()
         if self.n_stats:
             x = self.tensor_standardise(x)[0]
-        centre = x.mean(0)
-        _, sv, vh = torch.linalg.svd(x - centre, full_matrices=False)  # vh [min(N, L), L]
-        std = sv / math.sqrt(max(n - 1, 1))
-        keep = int(min(k, (std > 1e-6 * std[0]).sum().item())) if len(std) else 0
-        basis, scale = vh[:keep], std[:keep]
-        if keep < k:  # more latent values than directions the data spans
-            g = torch.Generator().manual_seed(0)
-            extra = torch.randn(k - keep, length, generator=g, dtype=torch.float64)
-            extra -= (extra @ basis.T) @ basis
-            basis = torch.cat([basis, torch.linalg.qr(extra.T).Q.T])
-            scale = torch.cat([scale, (scale[-1:] if keep else torch.ones(1, dtype=scale.dtype)).expand(k - keep)])
+        centre, basis, scale = whitened_pca(x, k)
+        length = x.shape[1]
         w = self.to_latent.weight
         w.zero_()
         w[:k, :length] = (basis / scale[:, None]).to(w)
@@ -381,6 +373,92 @@ class LinearVAE(nn.Module):
         recon = self.decode(posterior.sample() if sample_posterior else posterior.mode())
         assert recon.shape == x.shape, f"reconstruction {list(recon.shape)} != input {list(x.shape)}"
         return recon, posterior
+
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    """Two hidden layers (LayerNorm, GELU); the output layer starts at 0, so the MLP adds nothing at first."""
+    mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.LayerNorm(hidden), nn.GELU(),
+                        nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, n_out))
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
+class FunctionAutoencoder(nn.Module):
+    """A deterministic autoencoder trained through the networks' function (`codec: function`).
+
+    Encoder: the weights `[B, L]` and what the network computes (its class probabilities on the probe inputs,
+    `[B, cond_dim]`) -> the code `[B, latent_dim]`, in one pass. Decoder: a hypernetwork from the code to the
+    weights `[B, L]`. Each is an affine map plus an MLP: the affine maps start as whitened PCA of the training
+    weights (`init_pca`, as `LinearVAE`), the MLPs at 0, so training starts from the PCA codec and learns what it
+    adds. Trained on the behavioural loss (the decoded network must give the original's outputs), the decoder's
+    image becomes a manifold of working networks and the encoder lands near where latent refinement would land.
+    No KL and no prior: the posterior is a point (log-variance fixed at `STATS_LOGVAR`), so it is not a VAE;
+    samples come from the codes (`reconstruct.sampler: kde`), not from N(0, I)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        assert cfg.hidden > 0 and cfg.cond_dim > 0, "the function codec needs hidden > 0 and the probes' outputs"
+        self.cfg = cfg
+        self.to_latent = nn.Linear(cfg.max_len, cfg.latent_dim)  # affine parts: whitened PCA at the start
+        self.from_latent = nn.Linear(cfg.latent_dim, cfg.max_len)
+        self.encoder = _mlp(cfg.max_len + cfg.cond_dim, cfg.hidden, cfg.latent_dim)  # [weights | function] -> code
+        self.decoder = _mlp(cfg.latent_dim, cfg.hidden, cfg.max_len)  # code -> weights
+        self.latent_shape: tuple[int, ...] = (cfg.latent_dim,)
+
+    @torch.no_grad()
+    def init_pca(self, x: Tensor) -> None:
+        """The affine maps as whitened PCA of the training vectors `x` `[N, L]` (`whitened_pca`)."""
+        centre, basis, scale = whitened_pca(x, self.cfg.latent_dim)
+        self.to_latent.weight.copy_((basis / scale[:, None]).to(self.to_latent.weight))
+        self.to_latent.bias.copy_((-(centre @ basis.T) / scale).to(self.to_latent.bias))
+        self.from_latent.weight.copy_((basis.T * scale).to(self.from_latent.weight))
+        self.from_latent.bias.copy_(centre.to(self.from_latent.bias))
+
+    def get_input(self, x: Tensor) -> Tensor:
+        assert x.dim() == 2 and x.shape[1] == self.cfg.max_len, \
+            f"expected flat weights [B, {self.cfg.max_len}], got {list(x.shape)}"
+        return x
+
+    def encode(self, x: Tensor, cond: Tensor | None = None) -> DiagonalGaussian:
+        """x: flat `[B, L]`, cond: the network's class probabilities on the probes `[B, cond_dim]` -> the code
+        (a point: a `DiagonalGaussian` of fixed tiny variance, for the interface the other codecs share)."""
+        x = self.get_input(x)
+        assert cond is not None and cond.shape == (len(x), self.cfg.cond_dim), \
+            "the function codec's encoder reads the network's outputs on the probes"
+        z = self.to_latent(x) + self.encoder(torch.cat([x, cond.to(x)], 1))
+        return DiagonalGaussian(torch.cat([z, torch.full_like(z, STATS_LOGVAR)], 1))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z: `[B, latent_dim]` -> flat `[B, L]`."""
+        return self.from_latent(z) + self.decoder(z)
+
+    def forward(self, x: Tensor, sample_posterior: bool = True, cond: Tensor | None = None
+                ) -> tuple[Tensor, DiagonalGaussian]:
+        posterior = self.encode(x, cond)
+        return self.decode(posterior.mode()), posterior
+
+
+@torch.no_grad()
+def whitened_pca(x: Tensor, k: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """(centre `[L]`, basis `[k, L]` orthonormal rows, scale `[k]`) of the vectors `x` `[N, L]`, float64: the top
+    `k` principal directions and each one's std over `x` (n - 1). Directions beyond the rank of `x` are seeded
+    random ones orthogonal to the rest, with the smallest kept std. A code `(x - centre) @ basis.T / scale` has
+    unit variance along every direction (whitened)."""
+    n, length = x.shape
+    x = x.double()
+    centre = x.mean(0)
+    _, sv, vh = torch.linalg.svd(x - centre, full_matrices=False)  # vh [min(N, L), L]
+    std = sv / math.sqrt(max(n - 1, 1))
+    keep = int(min(k, (std > 1e-6 * std[0]).sum().item())) if len(std) else 0
+    basis, scale = vh[:keep], std[:keep]
+    if keep < k:  # more latent values than directions the data spans
+        g = torch.Generator().manual_seed(seed)
+        extra = torch.randn(k - keep, length, generator=g, dtype=torch.float64)
+        extra -= (extra @ basis.T) @ basis
+        basis = torch.cat([basis, torch.linalg.qr(extra.T).Q.T])
+        scale = torch.cat([scale, (scale[-1:] if keep else torch.ones(1, dtype=scale.dtype)).expand(k - keep)])
+    return centre, basis, scale
 
 
 class ChunkVAE(nn.Module):
@@ -535,8 +613,8 @@ class ChunkVAE(nn.Module):
         return recon, posterior
 
 
-def build_net(cfg: VAEConfig) -> ConvVAE | LinearVAE | ChunkVAE:
-    return {"linear": LinearVAE, "chunk": ChunkVAE}.get(cfg.codec, ConvVAE)(cfg)
+def build_net(cfg: VAEConfig) -> ConvVAE | LinearVAE | ChunkVAE | FunctionAutoencoder:
+    return {"linear": LinearVAE, "chunk": ChunkVAE, "function": FunctionAutoencoder}.get(cfg.codec, ConvVAE)(cfg)
 
 
 def vae_kwargs(cfg: VAEConfig) -> dict:
@@ -547,4 +625,6 @@ def vae_kwargs(cfg: VAEConfig) -> dict:
     d["layout_tensors"] = list(d["layout_tensors"])
     if not cfg.function_code:  # left out when off: a default model's export keeps the bytes dvc.lock records
         del d["function_code"], d["function_dim"]
+    if not cfg.hidden:
+        del d["hidden"]
     return d

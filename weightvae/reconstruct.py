@@ -6,6 +6,7 @@ estimate over the training split's codes (`weightvae.prior`), `prior` from the V
 
 Outputs (one folder, replaced atomically):
     <out>/<split>/<id>.pt   each val/test model decoded from its code, zoo file schema plus `source_id`
+    <out>/encoder/<split>/<id>.pt   the same from the encoder's code alone, no refinement (`vae_encoder`)
     <out>/samples/sample-<task>-<arch>-<layout>-<i>.pt   `n_samples` draws per (task, architecture,
                             layout), zoo file schema plus `sampler` and,
                             for `kde`, `anchor_id` (the training model whose kernel it came from)
@@ -95,18 +96,19 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
         for split in p.splits:
             props = _properties(shards, split, model)
             counts[split] = 0
-            (tmp / split).mkdir()
-            for lid in sorted({r["layout_id"] for r in props.values()}):  # codes of one layout decode together
-                rows, z = read_latents(latents, split, lid)
-                bar.add_total(len(rows))
-                size = rows_per_batch(p.batch_size, model.cfg.max_len)
-                for start in range(0, len(rows), size):
-                    batch = [props[r["id"]] for r in rows[start:start + size]]
-                    vecs = model.decode(z[start:start + size], [lid] * len(batch))
-                    for sd, pr in zip(model.reconstruct_to_model_weights(vecs, batch), batch, strict=True):
-                        _save(_record(sd, pr, source_id=pr["id"], split=split), tmp / split, pr["id"])
-                    bar.update(len(batch))
-                counts[split] += len(rows)
+            for column, folder in (("latent", tmp / split), ("latent_encoder", tmp / "encoder" / split)):
+                folder.mkdir(parents=True)
+                for lid in sorted({r["layout_id"] for r in props.values()}):  # codes of one layout decode together
+                    rows, z = read_latents(latents, split, lid, column)
+                    bar.add_total(len(rows))
+                    size = rows_per_batch(p.batch_size, model.cfg.max_len)
+                    for start in range(0, len(rows), size):
+                        batch = [props[r["id"]] for r in rows[start:start + size]]
+                        vecs = model.decode(z[start:start + size], [lid] * len(batch))
+                        for sd, pr in zip(model.reconstruct_to_model_weights(vecs, batch), batch, strict=True):
+                            _save(_record(sd, pr, source_id=pr["id"], split=split), folder, pr["id"])
+                        bar.update(len(batch))
+                    counts[split] += len(rows) if column == "latent" else 0
             if not counts[split]:
                 raise ReconstructError(f"{latents}: no latents of the {split!r} split; add {split!r} to encode.splits "
                                        "(or remove it from reconstruct.splits) and rerun encode")

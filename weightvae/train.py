@@ -34,8 +34,9 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
 class TrainParams:
     """`train:` section of params.yaml; the defaults are params.yaml's (a test keeps them equal)."""
 
-    codec: Literal["linear", "conv", "chunk"] = "linear"
-    latent_dim: int = 426  # flat latent values per model (the linear codec, or conv with latent: flat)
+    codec: Literal["function", "linear", "conv", "chunk"] = "function"
+    latent_dim: int = 107  # flat latent values per model (function and linear codecs, or conv with latent: flat)
+    hidden: int = 1024  # function codec: width of its encoder's and decoder's hidden layers
     chunk_size: int = 64  # chunk codec: values per chunk of a learned tensor
     chunk_latent: int = 16  # chunk codec: latent values per chunk
     window: int | None = None  # chunk codec: chunks per model in a training step (null: whole models)
@@ -48,17 +49,19 @@ class TrainParams:
     latent: Literal["flat", "spatial"] = "spatial"
     latent_channels: int = 1
     loss: Literal["layer", "mse", "l1_logvar"] = "layer"
-    kl_weight: float = 1e-5
+    kl_weight: float = 0.0
     input_noise: float = 0.0
     latent_noise: float = 0.0
-    behaviour_weight: float = 1.0
+    behaviour_weight: float = 100.0
+    behaviour_batch: int = 64
     probe_count: int = 128
     encoder_probes: bool = False
     normalize: bool = True
-    batch_size: int = 32
-    learning_rate: float = 1e-4
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     weight_decay: float = 0.0
-    max_epochs: int = 20
+    max_epochs: int = 30
     seed: int = 0
     precision: str = "32-true"
     accelerator: str = "auto"
@@ -74,14 +77,20 @@ class TrainParams:
     def __post_init__(self) -> None:
         require(len(self.channels) >= 1 and all(c >= 1 for c in self.channels), "train.channels",
                 list(self.channels), "need one or more positive channel counts, one per level")
-        require(self.codec in ("linear", "conv", "chunk"), "train.codec", self.codec, "choose linear, conv or chunk")
+        require(self.codec in ("function", "linear", "conv", "chunk"), "train.codec", self.codec,
+                "choose function, linear, conv or chunk")
         for key in ("blocks_per_level", "latent_dim", "latent_channels", "batch_size", "max_epochs", "chunk_size",
-                    "chunk_latent"):
+                    "chunk_latent", "hidden"):
             require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "need >= 1")
         require(self.probe_count >= 1, "train.probe_count", self.probe_count, "need >= 1")
-        for key in ("kl_weight", "input_noise", "latent_noise", "weight_decay", "num_workers", "behaviour_weight"):
+        for key in ("kl_weight", "input_noise", "latent_noise", "weight_decay", "num_workers", "behaviour_weight",
+                    "behaviour_batch"):
             require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "need >= 0")
         require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "need > 0")
+        require(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", self.lr_schedule,
+                "choose constant or cosine")
+        require(self.codec != "function" or self.behaviour_weight > 0, "train.behaviour_weight",
+                self.behaviour_weight, "the function codec is trained through the networks' function: need > 0")
         require(self.preset == "small" or self.codec == "conv", "train.preset", self.preset,
                 "the d2nwg preset is a conv codec: set train.codec: conv with it")
         require(self.chunk_latent <= self.chunk_size, "train.chunk_latent", self.chunk_latent,
@@ -173,7 +182,7 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
 
     # the network's outputs on the probes, flat: what encoder_probes feeds the encoder, what function_code codes
     signature = p.probe_count * max(get_task(f["task"]).num_classes for f in functional.values()) if functional else 0
-    cond_dim = signature if p.encoder_probes else 0
+    cond_dim = signature if p.encoder_probes or p.codec == "function" else 0
     function_dim = signature if p.function_code else 0
     if p.codec == "conv" and p.preset == "d2nwg":
         cfg = VAEConfig.d2nwg(max_len)
@@ -183,11 +192,12 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
                         gradient_checkpointing=p.gradient_checkpointing, cond_dim=cond_dim, latent=p.latent,
                         latent_channels=p.latent_channels, chunk_size=p.chunk_size, chunk_latent=p.chunk_latent,
                         tensor_sizes=tuple(tensor_sizes[0]), layout_tensors=tuple(tensor_sizes[1]),
-                        tensor_scales=p.tensor_scales, function_code=p.function_code, function_dim=function_dim)
+                        tensor_scales=p.tensor_scales, function_code=p.function_code, function_dim=function_dim,
+                        hidden=p.hidden if p.codec == "function" else 0)
     loss = {"loss": p.loss, "kl_weight": p.kl_weight, "learning_rate": p.learning_rate,
             "weight_decay": p.weight_decay, "input_noise": p.input_noise, "latent_noise": p.latent_noise,
             "behaviour_weight": p.behaviour_weight, "probe_count": p.probe_count,
-            "encoder_probes": bool(cond_dim)}
+            "encoder_probes": bool(cond_dim), "behaviour_batch": p.behaviour_batch, "lr_schedule": p.lr_schedule}
     return VAE(vae_kwargs(cfg), loss, layout_ids=layout_ids, n_layers=n_layers, normalize=p.normalize,
                functional=functional)
 
@@ -273,7 +283,7 @@ def initial_module(p: TrainParams, ds, layout_ids: list[str], n_layers: int,
     model = build_module(p, ds.max_len, layout_ids, n_layers, functional, sizes)
     if p.normalize:
         model.set_normalization({lid: ds.normalization(lid) for lid in layout_ids})
-    if p.codec == "linear":
+    if p.codec in ("linear", "function"):
         x = torch.stack([ds.vector(i) for i in range(len(ds))])
         model.net.init_pca(x)
         if p.function_code:
@@ -310,6 +320,9 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     n_layers = len(sizes[0]) or max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
     functional = functional_info(shards, layouts)  # also what latent refinement (the encode stage) runs
     check_function_code(p, layouts, functional)
+    require(p.codec != "function" or bool(functional), "train.codec", p.codec,
+            "the function codec is trained by running the networks, and weightvae can run none of these shards' "
+            "task/architecture groups (the lines above say why): register them, or choose train.codec: linear")
     model = initial_module(p, ds, layout_ids, n_layers, functional, sizes)
 
     ckpt_dir = Path(ckpt_dir)

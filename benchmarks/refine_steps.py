@@ -1,0 +1,94 @@
+"""Agreement against refinement steps: the trained codec (from its encoder's code) and the two controls.
+
+    python benchmarks/refine_steps.py [--steps 0 50 200 800 1600] [--models 128] > metrics/refine_steps.json
+
+On a seeded subset of the test split, each network's code is refined with the encode stage's refinement (its
+learning rate, probe inputs and seed from params.yaml) for each step count, from the trained codec's encoder
+(`vae`) and from the projection onto the controls' subspaces of the same size (`pca_refined`,
+`random_refined`, `weightvae.controls`); the decoded network's agreement with the original on the task's test
+inputs is averaged. What `encode.refine_steps` is chosen from: where the codec's curve flattens. Prints JSON.
+"""
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from weightvae.determinism import pin  # noqa: E402
+
+pin()
+
+import torch  # noqa: E402
+
+from weightvae.controls import subspace_module  # noqa: E402
+from weightvae.data import ZooDataModule, ZooDataset  # noqa: E402
+from weightvae.encode import EncodeParams  # noqa: E402
+from weightvae.model import VAE  # noqa: E402
+from weightvae.params import load_section  # noqa: E402
+from weightvae.refine import refine  # noqa: E402
+from weightvae.tasks import get_task  # noqa: E402
+from weightvae.train import TrainParams, build_module  # noqa: E402
+
+
+def agreement(model, z: torch.Tensor, x: torch.Tensor, lids: list[str], keys: list[str]) -> float:
+    """Mean agreement on the task's test inputs between the networks `x` and the decoded codes `z` (one key)."""
+    key = keys[0]
+    test = get_task(model.functional[key]["task"]).x_test
+    with torch.no_grad():
+        a = model.network_logits(x, lids, key, test).argmax(-1)
+        b = model.network_logits(model.decode(z), lids, key, test).argmax(-1)
+    return float((a == b).double().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--shards", default=str(ROOT / "model_data/shards"))
+    ap.add_argument("--model", default=str(ROOT / "model_data/models/vae.ckpt"))
+    ap.add_argument("--steps", type=int, nargs="+", default=[0, 50, 200, 800, 1600])
+    ap.add_argument("--models", type=int, default=128, help="seeded subset of the test split")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    enc = load_section(args.params, "encode", EncodeParams)
+    train_p = load_section(args.params, "train", TrainParams)
+    model = VAE.from_export(args.model)
+    (lid,) = model.layout_ids  # one layout: the default zoo
+    test = ZooDataset(args.shards, "test", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[:args.models].sort().values
+    batch = ZooDataModule.loader(torch.utils.data.Subset(test, pick.tolist()), batch_size=len(pick))
+    batch = next(iter(batch))
+    x = batch["weight"]
+    lids = model.batch_layout_ids(batch, len(x))
+    keys = model.batch_function_keys(batch, lids)
+    with torch.no_grad():
+        starts = {"vae": (model, model.encode(batch).mode())}
+    train = ZooDataset(args.shards, "train", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
+    train_x = torch.stack([train.vector(i) for i in range(len(train))])
+    linear = replace(train_p, codec="linear", tensor_scales=False, function_code=0, encoder_probes=False)
+    for kind in ("pca", "random"):
+        c = build_module(linear, model.cfg.max_len, [lid], 1, model.functional)
+        c.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith("norm_")}, strict=False)
+        c = subspace_module(kind, train_x, model.latent_size(), c, seed=0)
+        with torch.no_grad():
+            starts[f"{kind}_refined"] = (c, c.net.encode(x).mode())
+    out = {"models": len(pick), "latent_size": model.latent_size(), "refine_lr": enc.refine_lr,
+           "probe_count": enc.probe_count, "probe_batch": enc.probe_batch, "steps": args.steps,
+           "agreement": {name: [] for name in starts}}
+    for steps in args.steps:
+        for name, (m, z0) in starts.items():
+            z, _, _ = refine(m, z0, x, lids, keys, steps, enc.refine_lr, enc.probe_count, enc.probe_batch, enc.seed)
+            out["agreement"][name].append(agreement(m, z, x, lids, keys))
+        print(f"{steps} steps: " + ", ".join(f"{n} {v[-1]:.3f}" for n, v in out["agreement"].items()),
+              file=sys.stderr, flush=True)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
