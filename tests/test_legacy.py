@@ -154,6 +154,28 @@ def test_the_pickles_run_in_a_separate_process(seed, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "t.pt").exists()
 
 
+def test_an_unexpected_error_is_not_called_corrupt_and_debug_shows_its_traceback(seed, tmp_path, monkeypatch, capsys):
+    """A MemoryError while unpickling (here raised by the user's class) is one line naming the file, not "corrupt?";
+    `WEIGHTVAE_DEBUG=1` adds the loading process's traceback, down to the user's code, before it."""
+    monkeypatch.setenv("SEED_MODELS_EXHAUST", "1")
+    torch.save([({"run_id": "t"}, seed.Tattletale())], tmp_path / "zoo.pt")
+    line = ("zoo.pt: loading it failed with MemoryError: out of memory while unpickling, which is no sign of a "
+            "corrupt file; WEIGHTVAE_DEBUG=1 shows the traceback")
+    args = ["import-legacy", str(tmp_path / "zoo.pt"), str(tmp_path / "out"), "--trust", "--path", str(CODE)]
+    for debug in ("", "1"):
+        monkeypatch.setenv("WEIGHTVAE_DEBUG", debug)
+        with pytest.raises(SystemExit) as exit_:
+            cli(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and err.endswith(f"weightvae import-legacy: {line}\n")
+        if not debug:
+            assert err.count("\n") == 1
+        else:
+            assert "Traceback (most recent call last)" in err and "seed_models.py" in err and "in __setstate__" in err
+            assert "MemoryError: out of memory while unpickling\n\nThe above exception was the direct cause" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_moved_code_is_found_through_an_alias(seed, tmp_path, monkeypatch):
     """Files pickled when the class lived in module `old_project.models` load once that is aliased."""
     monkeypatch.setattr(seed.SeedCNN, "__module__", "old_project_models")
