@@ -246,8 +246,11 @@ def test_stage_script_runs_two_process_cpu_ddp(shards, tmp_path):
 
 
 def test_params_are_checked_before_anything_runs(tmp_path, capsys):
-    assert load_section(REPO / "params.yaml", "train", TrainParams).preset in ("small", "d2nwg")
     params = tmp_path / "params.yaml"
+    params.write_text("train:\n  codec: conv\n  preset: d2nwg\n  channels: [8, 16]\n  kl_weight: 1e-6\n")
+    # each key given is read as written (a list as a tuple, YAML's string 1e-6 as a number); the rest are defaults
+    assert load_section(params, "train", TrainParams) == TrainParams(codec="conv", preset="d2nwg", channels=(8, 16),
+                                                                     kl_weight=1e-6)
     params.write_text("train:\n  batch_sise: 8\n")
     with pytest.raises(ParamsError, match=r"^train\.batch_sise: unknown key; allowed keys are .*'batch_size'"):
         load_section(params, "train", TrainParams)
