@@ -17,8 +17,9 @@ import yaml
 
 from weightvae import FORMAT_VERSION, canonical
 from weightvae.data import SPLITS, ZooDataModule, ZooDataset
-from weightvae.encode import EncodeParams, encode, read_latents
+from weightvae.encode import EncodeParams, encode
 from weightvae.ingest import IngestParams, ingest
+from weightvae.latents import read_latents
 from weightvae.model import VAE
 from weightvae.params import ParamsError, load_section, run_command
 from weightvae.reconstruct import ReconstructParams, reconstruct
