@@ -428,6 +428,7 @@ def test_params_are_checked():
             build(IngestParams, bad, "ingest")
 
 
+@pytest.mark.slow
 def test_stage_runs_end_to_end_and_fails_with_one_line(tiny_zoo, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(f"ingest:\n  zoo_dir: {tmp_path / 'nowhere'}\n  workers: 2\n")

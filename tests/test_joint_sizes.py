@@ -24,6 +24,8 @@ from weightvae.shards import open_shard
 from weightvae.train import TrainParams, train
 from weightvae.zoo import ZooParams, build_zoo
 
+pytestmark = pytest.mark.slow
+
 SIZE, CODE, WINDOW = 64, 16, 8
 
 

@@ -112,6 +112,7 @@ def test_reconstruct_weights_is_the_seeds_function(tmp_path):
                for k, v in sd.items())
 
 
+@pytest.mark.slow
 def test_builtin_architecture_named_in_the_properties_is_checked_by_ingest(tmp_path):
     """Pairs whose properties name a weightvae architecture and task become evaluable models; the
     converted files go through ingest's own checks (here: a cnn that is not the built-in cnn)."""
@@ -130,6 +131,7 @@ def test_builtin_architecture_named_in_the_properties_is_checked_by_ingest(tmp_p
     assert not (tmp_path / "zoo2").exists()
 
 
+@pytest.mark.slow
 def test_without_trust_one_line_says_why_and_nothing_is_loaded(seed, tmp_path, monkeypatch):
     monkeypatch.setenv("SEED_MODELS_MARKER", str(tmp_path / "marker"))
     torch.save([({}, seed.Tattletale())], tmp_path / "zoo.pt")
@@ -176,6 +178,7 @@ def test_an_unexpected_error_is_not_called_corrupt_and_debug_shows_its_traceback
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_moved_code_is_found_through_an_alias(seed, tmp_path, monkeypatch):
     """Files pickled when the class lived in module `old_project.models` load once that is aliased."""
     monkeypatch.setattr(seed.SeedCNN, "__module__", "old_project_models")
@@ -224,6 +227,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_and_broken_inputs_get_one_line_and_write_nothing(seed, tmp_path, case):
     build, message = HOSTILE[case]
@@ -234,6 +238,7 @@ def test_hostile_and_broken_inputs_get_one_line_and_write_nothing(seed, tmp_path
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
 
 
+@pytest.mark.slow
 def test_the_command_line_reports_a_broken_file_in_one_line(seed, tmp_path, capsys):
     (tmp_path / "src").mkdir()
     torch.save([({}, seed.SeedCNN())], tmp_path / "src" / "ok.pt")

@@ -213,6 +213,7 @@ def test_resume_runs_only_the_remaining_epochs_from_last_ckpt(shards, tmp_path):
     assert out.exists()
 
 
+@pytest.mark.slow
 def test_ddp_spawn_ranks_see_disjoint_halves_of_the_train_split(shards, tmp_path):
     ids = tmp_path / "ids"
     ids.mkdir()
@@ -271,6 +272,7 @@ def test_params_are_checked_before_anything_runs(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+@pytest.mark.slow
 def test_the_conv_codec_trains_and_exports_too(shards, tmp_path):
     out = fit(tiny(codec="conv", channels=[4], latent="spatial", max_epochs=1), shards, tmp_path)[0]
     model = VAE.from_export(str(out))
