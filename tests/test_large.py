@@ -31,7 +31,8 @@ def test_the_large_preset_runs_as_one_experiment_with_the_chunk_codec(tmp_path):
     assert got["compression"] == pytest.approx(3010 / 784)
     assert got["test_models"] >= 2 and got["wall_s"] > 0 and got["peak_rss_mib"] > 0
     # each agreement it reports is the mean over the test models of the experiment's own per-model table (committed
-    # in the experiment: cache: false), and each per-model agreement counts whole test inputs of the digits task
+    # in the experiment: cache: false; written to 6 significant digits), and each per-model agreement counts whole
+    # test inputs of the digits task
     exp = subprocess.run(["git", "for-each-ref", "--format=%(objectname)", "refs/exps"], cwd=repo, capture_output=True,
                          text=True, check=True).stdout.split()
     assert len(exp) == 1
@@ -41,8 +42,8 @@ def test_the_large_preset_runs_as_one_experiment_with_the_chunk_codec(tmp_path):
     for method in ("vae", "pca", "oracle_train", "random_train", "nearest_train"):
         agreement = table[table.method == method].agreement.to_numpy()
         assert len(agreement) == got["test_models"], method
-        assert got[method]["agreement"] == pytest.approx(agreement.mean(), rel=1e-12), method
-        np.testing.assert_allclose(agreement * n_inputs, np.round(agreement * n_inputs), atol=1e-6)
+        assert got[method]["agreement"] == pytest.approx(agreement.mean(), rel=1e-5), method
+        np.testing.assert_allclose(agreement * n_inputs, np.round(agreement * n_inputs), rtol=0, atol=1e-3)
     pca, oracle = got["pca"]["agreement"], got["oracle_train"]["agreement"]
     assert got["pca_fidelity_gain_vs_oracle_of_means"] == pytest.approx(1 - (1 - pca) / (1 - oracle))
     # the experiment ran the preset: its params are in DVC's record of it
