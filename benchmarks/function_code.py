@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from weightvae.encode import read_latents
+from weightvae.latents import read_latents
 from weightvae.model import VAE
 
 

@@ -116,7 +116,7 @@ def mlp_r2(f: dict[str, np.ndarray], y: dict[str, np.ndarray], epochs: int, stan
 def decoded_train_acc(model_path: Path, latents: Path, ids: list[str], task: str, arch: str, layout: Layout,
                       batch: int = 64) -> np.ndarray:
     """Accuracy on all of the task's training inputs of the networks the latents of `ids` decode to `[N, 1]`."""
-    from weightvae.encode import read_latents
+    from weightvae.latents import read_latents
     from weightvae.model import VAE
     from weightvae.tasks import get_task
 

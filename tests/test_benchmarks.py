@@ -24,8 +24,71 @@ SMOKE = {
 }
 
 
-def test_every_benchmark_has_a_smoke_run():
-    assert sorted(SMOKE) == sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+
+
+def _frontier(out):
+    """Every experiment of the default ratios is a point or missing; a point's latent is 1,706 weights / its ratio
+    and its PCA fidelity gain is 1 - (1 - PCA's agreement) / (1 - the oracle's)."""
+    names = {f"frontier-{r}x" for r in (1, 2, 4, 8, 16, 32)}
+    points = {p["experiment"]: p for p in out["points"]}
+    assert set(points) | set(out["missing"]) == names and not set(points) & set(out["missing"])
+    for name, p in points.items():
+        assert p["latent_size"] == round(1706 / int(name.split("-")[1][:-1]))
+        assert p["compression"] == pytest.approx(1706 / p["latent_size"])
+        gain = 1 - (1 - p["pca"]["agreement"]) / (1 - p["oracle_train"]["agreement"])
+        assert p["pca_fidelity_gain_vs_oracle_of_means"] == pytest.approx(gain)
+
+
+def _scale(out):
+    """The MLP at hidden 23 and 227 (75 * hidden + 10 weights), 10 models each, in chunks of 64 coded by 16
+    values: 1,472 + 23 + 230 + 10 weights are 23 + 1 + 4 + 1 chunks; 14,528 + 227 + 2,270 + 10 are 227 + 4 + 36 + 1."""
+    assert {k: (r["hidden"], r["weights"], r["models"], r["latent_values"]) for k, r in out["sizes"].items()} == {
+        "1.7k": (23, 1735, 10, 29 * 16), "17k": (227, 17035, 10, 268 * 16)}
+    for r in out["sizes"].values():
+        assert r["compression"] == round(r["weights"] / r["latent_values"], 3)
+    speeds = [r["train_weights_per_s"] for r in out["sizes"].values()]
+    assert out["train_speed_max_over_min"] == round(max(speeds) / min(speeds), 3)
+
+
+def _train(out):
+    """The built zoo (64 CNN runs x 3 checkpoints), the protocol asked for, D2NWG's 4x16x16 latent."""
+    assert (out["models"]["runs"], out["models"]["models"], out["models"]["layouts"], out["max_len"]) == \
+        (64, 192, 1, 1706)
+    assert out["protocol"].startswith("0 warm-up + 1 timed AdamW steps at batch 2 ")
+    assert [(r["steps"], r["warmup"], r["batch_size"]) for r in (out["default"], out["d2nwg"])] == [(1, 0, 2)] * 2
+    assert out["d2nwg"]["latent_shape"] == [4, 16, 16]
+    assert out["parameter_ratio"] == round(out["d2nwg"]["parameters"] / out["default"]["parameters"], 1)
+    assert out["speedup_same_batch"] == pytest.approx(
+        out["default"]["samples_per_s"] / out["d2nwg"]["samples_per_s"], rel=0.05, abs=0.1)
+
+
+def _probe_features(out):
+    """The tiny zoo: 20 CNN runs x 2 checkpoints; per network 8 learned tensors, 7 statistics each, and the
+    predicted classes (10) on 16 probes."""
+    assert out["group"] == "digits/cnn" and sum(out["models"].values()) == 40 and out["probe_inputs"] == 16
+    f = out["features"]
+    assert (f["log_std"], f["sW"], f["sW+log_std"], f["outputs"]) == (8, 7 * 8, 8 * 8, 16 * 10)
+
+
+#: what each smoke run must print, computed by hand from its arguments (no timing is asserted)
+CHECKS = {
+    "ingest.py": lambda out: [(e["workers_1"]["models"], e["workers_2"]["models"], e["loader"]["batch_size"])
+                              for e in out["sizes"].values()] == [(20, 20, 64)],
+    "frontier.py": _frontier,
+    "zoo.py": lambda out: out["epochs"] == 1 and "default_zoo" not in out and out["speedup"] == pytest.approx(
+        out["vectorised_models_per_s"] / out["loop_models_per_s"], rel=0.02),
+    "train.py": _train,
+    "large.py": lambda out: out["command"].startswith(
+        "dvc exp run --temp --force -n large-mlp evaluate -S ~zoo.architectures -S '+zoo.architectures={mlp: 64}' "
+        "-S +zoo.arch_kwargs.mlp.hidden=13334 -S zoo.epochs=8 -S 'zoo.save_epochs=[2,8]' "),
+    "scale.py": _scale,
+    "probe_features.py": _probe_features,
+    "function_code.py": lambda out: (out["split"], out["function_code"], out["measured_statistics"]) == ("test", 4, 0),
+}
+
+
+def test_every_benchmark_has_a_smoke_run_and_a_check():
+    assert sorted(SMOKE) == sorted(CHECKS) == sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 
 
 @pytest.mark.slow
@@ -36,7 +99,7 @@ def test_benchmark_runs_and_prints_json(script, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout[res.stdout.index("{"):])  # the last thing printed is one JSON document
-    assert isinstance(out, dict) and out
+    assert CHECKS[script](out) is not False, out
 
 
 @pytest.mark.slow

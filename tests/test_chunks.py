@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from weightvae.chunks import Chunking
 from weightvae.data import ZooDataset
-from weightvae.encode import EncodeParams, encode, read_latents
+from weightvae.encode import EncodeParams, encode
 from weightvae.ingest import IngestParams, ingest
+from weightvae.latents import read_latents
 from weightvae.layout import Layout
 from weightvae.model import VAE
 from weightvae.nets import ChunkVAE, VAEConfig

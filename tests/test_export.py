@@ -203,6 +203,7 @@ def test_reconstructions_ingest_back_to_their_vectors(run, tmp_path):
         assert np.array_equal(open_shard(tmp_path / "back", "train", r.layout_id)[r.row], flat.numpy())
 
 
+@pytest.mark.slow
 def test_export_errors_are_one_line_and_write_nothing(run, tmp_path, capsys):
     base = [sys.executable, "-m", "weightvae.cli", "export"]
     where = ["--shards", str(run["shards"]), "--recon", str(run["recon"])]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from weightvae.data import ZooDataset
-from weightvae.encode import EncodeParams, encode, read_latents
+from weightvae.encode import EncodeParams, encode
+from weightvae.latents import read_latents
 from weightvae.ingest import IngestParams, ingest
 from weightvae.model import VAE
 from weightvae.nets import FunctionAutoencoder, VAEConfig, whitened_pca

@@ -184,6 +184,7 @@ def test_symlinked_folders_outside_the_zoo_and_symlink_loops_are_refused(tiny_zo
 # ----------------------------------------------------------------------------- scale
 
 
+@pytest.mark.slow
 def test_a_10000_file_zoo_with_one_bad_file_ingests_9999_and_reports_the_one(tmp_path):
     zoo = tmp_path / "zoo"
     zoo.mkdir()
@@ -303,6 +304,7 @@ def _stage_command(section, params, out):
     return [sys.executable, f"stages/{section}.py", "--params", str(params), *map(str, args)]
 
 
+@pytest.mark.slow
 def test_each_stage_script_exits_2_with_one_line_on_stderr_and_writes_nothing(tmp_path):
     """One bad value per stage, through the real stage scripts (run side by side: each imports torch)."""
     cases = {s: next((b, says) for sec, b, says in BAD_PARAMS if sec == s and not any("unknown key" in x for x in says))

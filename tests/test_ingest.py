@@ -1,3 +1,4 @@
+import argparse
 import itertools
 import json
 import os
@@ -257,6 +258,57 @@ def test_bad_files_stop_ingest_naming_the_file_or_are_skipped_and_reported(tiny_
     assert (tmp_path / "out" / "models.parquet").exists() and not (tmp_path / "out" / "old.txt").exists()
 
 
+def test_a_bad_file_is_one_line_and_weightvae_debug_shows_its_cause(tiny_zoo, tmp_path, monkeypatch, capsys):
+    """Through the stage's entry point: a truncated file is one line naming it; `WEIGHTVAE_DEBUG=1` prints the
+    traceback before that line, the loader's own error chained as the cause of the rejection."""
+    from weightvae import ingest as stage
+    from weightvae.params import run_command
+
+    zoo = _mini_zoo(tiny_zoo, tmp_path / "zoo")
+    (zoo / "bad.pt").write_bytes(next(zoo.glob("*.pt")).read_bytes()[:3000])
+    (tmp_path / "params.yaml").write_text(f"ingest:\n  zoo_dir: {zoo}\n  workers: 1\n")
+    args = argparse.Namespace(params=str(tmp_path / "params.yaml"), zoo_dir=None, out=str(tmp_path / "out"),
+                              metrics=str(tmp_path / "ingest.json"))
+    assert run_command("ingest", stage.run, args) == 1
+    line = capsys.readouterr().err
+    assert re.fullmatch(rf"weightvae ingest: {zoo}/bad\.pt: cannot be read as a torch file \(truncated or corrupt\?\): "
+                        r"RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central "
+                        r"directory\.[^\n]*\. Fix or remove the file, or set `ingest\.on_error: skip`[^\n]*\n", line)
+    monkeypatch.setenv("WEIGHTVAE_DEBUG", "1")
+    assert run_command("ingest", stage.run, args) == 1
+    err = capsys.readouterr().err
+    cause, rejection = err.split("The above exception was the direct cause of the following exception:")
+    assert cause.startswith("Traceback (most recent call last)") and "in load_torch" in cause
+    assert "RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory" in cause
+    assert "weightvae.ingest.loaders.BadFile: cannot be read as a torch file (truncated or corrupt?)" in rejection
+    assert err.endswith(line) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+@pytest.mark.parametrize("error", [MemoryError("out of memory"), ZeroDivisionError("a bug")])
+def test_an_unexpected_error_while_loading_is_not_called_the_files_fault(tiny_zoo, tmp_path, monkeypatch, suffix,
+                                                                          error):
+    """Only what a bad file raises makes it "truncated or corrupt?": any other error (memory, a bug) propagates
+    as itself, with its traceback, even with `ingest.on_error: skip`, and nothing is written."""
+    from weightvae.ingest import loaders
+
+    def fail(*args, **kwargs):
+        raise error
+
+    zoo = _mini_zoo(tiny_zoo, tmp_path / "zoo", n=1)
+    if suffix == ".safetensors":
+        sd = torch.load(next(zoo.glob("*.pt")), weights_only=True)["state_dict"]
+        save_file(sd, zoo / "a.safetensors")
+        for f in zoo.glob("*.pt"):
+            f.unlink()
+    monkeypatch.setattr(loaders.torch, "load", fail)
+    monkeypatch.setattr(loaders.tensorfile, "load", fail)
+    for on_error in ("fail", "skip"):
+        with pytest.raises(type(error), match=str(error)):
+            _ingest(zoo, tmp_path / "out", on_error=on_error)
+    assert not (tmp_path / "out").exists()
+
+
 def test_empty_or_missing_folder_and_all_bad_files_give_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "README.md").write_text("not a checkpoint")
@@ -376,6 +428,7 @@ def test_params_are_checked():
             build(IngestParams, bad, "ingest")
 
 
+@pytest.mark.slow
 def test_stage_runs_end_to_end_and_fails_with_one_line(tiny_zoo, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(f"ingest:\n  zoo_dir: {tmp_path / 'nowhere'}\n  workers: 2\n")

@@ -5,6 +5,7 @@ import json
 import math
 
 import pandas as pd
+import pytest
 import torch
 
 from weightvae.data import ZooDataset, collate
@@ -15,6 +16,8 @@ from weightvae.model import VAE
 from weightvae.reconstruct import ReconstructParams, reconstruct
 from weightvae.train import TrainParams, train
 from weightvae.zoo import ZooParams, build_zoo
+
+pytestmark = pytest.mark.slow
 
 
 def test_joint_zoo_end_to_end(tmp_path, monkeypatch):

@@ -13,15 +13,18 @@ from safetensors.torch import load_file
 from weightvae.archs import build_model
 from weightvae.chunks import Chunking
 from weightvae.data import ZooDataModule, ZooDataset
-from weightvae.encode import EncodeParams, encode, read_latents
+from weightvae.encode import EncodeParams, encode
 from weightvae.evaluate import EvaluateParams, evaluate
 from weightvae.ingest import IngestParams, ingest
+from weightvae.latents import read_latents
 from weightvae.layout import Layout
 from weightvae.model import VAE
 from weightvae.reconstruct import ReconstructParams, reconstruct
 from weightvae.shards import open_shard
 from weightvae.train import TrainParams, train
 from weightvae.zoo import ZooParams, build_zoo
+
+pytestmark = pytest.mark.slow
 
 SIZE, CODE, WINDOW = 64, 16, 8
 

@@ -112,6 +112,7 @@ def test_reconstruct_weights_is_the_seeds_function(tmp_path):
                for k, v in sd.items())
 
 
+@pytest.mark.slow
 def test_builtin_architecture_named_in_the_properties_is_checked_by_ingest(tmp_path):
     """Pairs whose properties name a weightvae architecture and task become evaluable models; the
     converted files go through ingest's own checks (here: a cnn that is not the built-in cnn)."""
@@ -130,6 +131,7 @@ def test_builtin_architecture_named_in_the_properties_is_checked_by_ingest(tmp_p
     assert not (tmp_path / "zoo2").exists()
 
 
+@pytest.mark.slow
 def test_without_trust_one_line_says_why_and_nothing_is_loaded(seed, tmp_path, monkeypatch):
     monkeypatch.setenv("SEED_MODELS_MARKER", str(tmp_path / "marker"))
     torch.save([({}, seed.Tattletale())], tmp_path / "zoo.pt")
@@ -154,6 +156,29 @@ def test_the_pickles_run_in_a_separate_process(seed, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "t.pt").exists()
 
 
+def test_an_unexpected_error_is_not_called_corrupt_and_debug_shows_its_traceback(seed, tmp_path, monkeypatch, capsys):
+    """A MemoryError while unpickling (here raised by the user's class) is one line naming the file, not "corrupt?";
+    `WEIGHTVAE_DEBUG=1` adds the loading process's traceback, down to the user's code, before it."""
+    monkeypatch.setenv("SEED_MODELS_EXHAUST", "1")
+    torch.save([({"run_id": "t"}, seed.Tattletale())], tmp_path / "zoo.pt")
+    line = ("zoo.pt: loading it failed with MemoryError: out of memory while unpickling, which is no sign of a "
+            "corrupt file; WEIGHTVAE_DEBUG=1 shows the traceback")
+    args = ["import-legacy", str(tmp_path / "zoo.pt"), str(tmp_path / "out"), "--trust", "--path", str(CODE)]
+    for debug in ("", "1"):
+        monkeypatch.setenv("WEIGHTVAE_DEBUG", debug)
+        with pytest.raises(SystemExit) as exit_:
+            cli(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and err.endswith(f"weightvae import-legacy: {line}\n")
+        if not debug:
+            assert err.count("\n") == 1
+        else:
+            assert "Traceback (most recent call last)" in err and "seed_models.py" in err and "in __setstate__" in err
+            assert "MemoryError: out of memory while unpickling\n\nThe above exception was the direct cause" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_moved_code_is_found_through_an_alias(seed, tmp_path, monkeypatch):
     """Files pickled when the class lived in module `old_project.models` load once that is aliased."""
     monkeypatch.setattr(seed.SeedCNN, "__module__", "old_project_models")
@@ -202,6 +227,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_and_broken_inputs_get_one_line_and_write_nothing(seed, tmp_path, case):
     build, message = HOSTILE[case]
@@ -212,6 +238,7 @@ def test_hostile_and_broken_inputs_get_one_line_and_write_nothing(seed, tmp_path
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
 
 
+@pytest.mark.slow
 def test_the_command_line_reports_a_broken_file_in_one_line(seed, tmp_path, capsys):
     (tmp_path / "src").mkdir()
     torch.save([({}, seed.SeedCNN())], tmp_path / "src" / "ok.pt")

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["zoo", "ingest", "train", "encode", "controls", "reconstruct", "evaluate", "probe"]
 

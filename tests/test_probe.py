@@ -18,8 +18,8 @@ import torch
 import yaml
 from sklearn.linear_model import Ridge
 
-from weightvae.encode import write_latents
 from weightvae.ingest import IngestParams, ingest
+from weightvae.latents import write_latents
 from weightvae.params import ParamsError, load_section, run_command
 from weightvae.probe import (
     REPRESENTATIONS,

@@ -65,6 +65,7 @@ def test_bar_mode_shows_items_rate_and_time_left_on_the_terminal(monkeypatch):
     assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, +[\d.]+(k|M)? files/s\]", out), out  # elapsed<left, rate
 
 
+@pytest.mark.slow
 def test_zoo_and_ingest_report_one_progress_line_each(tmp_path, monkeypatch):
     monkeypatch.delenv("WEIGHTVAE_PROGRESS", raising=False)
     lines: list[str] = []

@@ -11,8 +11,9 @@ import torch
 from weightvae.archs import build_model
 from weightvae.behaviour import probe_inputs
 from weightvae.data import ZooDataModule, ZooDataset
-from weightvae.encode import EncodeParams, encode, read_latents
+from weightvae.encode import EncodeParams, encode
 from weightvae.ingest import IngestParams, ingest
+from weightvae.latents import read_latents
 from weightvae.layout import Layout
 from weightvae.model import VAE, function_key
 from weightvae.nets import VAEConfig, vae_kwargs

@@ -3,6 +3,9 @@ run, the best-epoch export, seeded determinism, DDP on two CPU processes, resume
 
 import argparse
 import json
+import logging
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +17,9 @@ import yaml
 
 from weightvae import FORMAT_VERSION, canonical
 from weightvae.data import SPLITS, ZooDataModule, ZooDataset
-from weightvae.encode import EncodeParams, encode, read_latents
+from weightvae.encode import EncodeParams, encode
 from weightvae.ingest import IngestParams, ingest
+from weightvae.latents import read_latents
 from weightvae.model import VAE
 from weightvae.params import ParamsError, load_section, run_command
 from weightvae.reconstruct import ReconstructParams, reconstruct
@@ -99,6 +103,13 @@ class RecordTrainIds(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         with open(Path(self.folder) / f"rank{trainer.global_rank}.tsv", "a") as f:
             f.writelines(f"{trainer.current_epoch}\t{p['id']}\n" for p in batch["model_properties"])
+
+
+class StopAtStart(L.Callback):
+    """Stops the run before its first checkpoint is written."""
+
+    def on_train_start(self, trainer, module):
+        raise RuntimeError("stopped before any checkpoint")
 
 
 class RecordEpochs(L.Callback):
@@ -203,6 +214,7 @@ def test_resume_runs_only_the_remaining_epochs_from_last_ckpt(shards, tmp_path):
     assert out.exists()
 
 
+@pytest.mark.slow
 def test_ddp_spawn_ranks_see_disjoint_halves_of_the_train_split(shards, tmp_path):
     ids = tmp_path / "ids"
     ids.mkdir()
@@ -228,6 +240,7 @@ def test_stage_script_runs_two_process_cpu_ddp(shards, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     log = res.stdout + res.stderr
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log  # two processes ran
+    assert "litlogger" not in log and "LeafSpec" not in log  # Lightning's noise, in every process
     model = VAE.from_export(str(out))
     assert model.cfg.channels == (4, 8) and (tmp_path / "lightning" / "last.ckpt").exists()
     # the logged val loss (synced over both ranks) is the exported model's val loss over the whole val split
@@ -236,8 +249,11 @@ def test_stage_script_runs_two_process_cpu_ddp(shards, tmp_path):
 
 
 def test_params_are_checked_before_anything_runs(tmp_path, capsys):
-    assert load_section(REPO / "params.yaml", "train", TrainParams).preset in ("small", "d2nwg")
     params = tmp_path / "params.yaml"
+    params.write_text("train:\n  codec: conv\n  preset: d2nwg\n  channels: [8, 16]\n  kl_weight: 1e-6\n")
+    # each key given is read as written (a list as a tuple, YAML's string 1e-6 as a number); the rest are defaults
+    assert load_section(params, "train", TrainParams) == TrainParams(codec="conv", preset="d2nwg", channels=(8, 16),
+                                                                     kl_weight=1e-6)
     params.write_text("train:\n  batch_sise: 8\n")
     with pytest.raises(ParamsError, match=r"^train\.batch_sise: unknown key; allowed keys are .*'batch_size'"):
         load_section(params, "train", TrainParams)
@@ -257,6 +273,7 @@ def test_params_are_checked_before_anything_runs(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+@pytest.mark.slow
 def test_the_conv_codec_trains_and_exports_too(shards, tmp_path):
     out = fit(tiny(codec="conv", channels=[4], latent="spatial", max_epochs=1), shards, tmp_path)[0]
     model = VAE.from_export(str(out))
@@ -457,3 +474,58 @@ def test_function_code_refuses_a_zoo_of_two_layouts(shards, tmp_path):
                                           r"layout .* these shards hold 2 layout\(s\) and 2 runnable"):
         fit(tiny(function_code=2), shards, tmp_path / "run")
     assert not (tmp_path / "run" / "vae.ckpt").exists()
+
+
+def test_a_fresh_run_removes_its_own_checkpoints_and_nothing_else(shards, tmp_path):
+    """`--ckpt-dir .` (the working directory, here tmp_path, holding the user's files): a fresh run removes stale
+    best/last checkpoints, even one that stops before writing new ones, and leaves every other file alone."""
+    mine = {"notes.txt": b"mine", "data/x.pt": b"mine too", "best.ckpt.bak": b"a copy"}
+    for name, data in mine.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    for name in ("best.ckpt", "last.ckpt"):
+        (tmp_path / name).write_bytes(b"stale: another config's")
+    with pytest.raises(RuntimeError, match="stopped before any checkpoint"):
+        train(tiny(max_epochs=1), shards, "vae.ckpt", ".", "live", callbacks=[StopAtStart()])
+    assert not (tmp_path / "best.ckpt").exists() and not (tmp_path / "last.ckpt").exists()
+    assert {name: (tmp_path / name).read_bytes() for name in mine} == mine
+    train(tiny(max_epochs=1), shards, "vae.ckpt", ".", "live")
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["epoch"] == 0
+    assert {name: (tmp_path / name).read_bytes() for name in mine} == mine
+
+
+def test_checkpoints_do_not_depend_on_the_folder_and_resume_in_another(shards, tmp_path, monkeypatch):
+    """The pipeline's journey in two clones: relative paths from each clone's root give checkpoints of the same
+    bytes, naming neither folder. A run resumed in a third folder (a copy) keeps the best score it saved: the
+    spoiled epoch 1 is worse, so best.ckpt stays epoch 0 (Lightning's own would forget the score and overwrite)."""
+    for clone in ("a", "b/deeper"):
+        shutil.copytree(shards, tmp_path / clone / "shards")
+        monkeypatch.chdir(tmp_path / clone)
+        train(tiny(max_epochs=1, resume=True), "shards", "vae.ckpt", "lightning", "live")
+    for name in ("best.ckpt", "last.ckpt"):
+        a, b = ((tmp_path / clone / "lightning" / name).read_bytes() for clone in ("a", "b/deeper"))
+        assert a == b, name
+        assert os.path.realpath(tmp_path).encode() not in a and str(tmp_path).encode() not in a, name
+
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    monkeypatch.chdir(tmp_path / "c")
+    epochs = RecordEpochs()
+    train(tiny(max_epochs=2, resume=True), "shards", "vae.ckpt", "lightning", "live",
+          callbacks=[SpoilLastValidation(), epochs])
+    assert epochs.epochs == [1]  # resumed from the copied last.ckpt
+    assert torch.load(Path("lightning/last.ckpt"), weights_only=True)["epoch"] == 1
+    assert torch.load(Path("lightning/best.ckpt"), weights_only=True)["epoch"] == 0
+
+
+def test_the_train_log_has_no_litlogger_tip_nor_leafspec_warning(shards, tmp_path, caplog, recwarn):
+    """Lightning's tip to install litlogger and torch's LeafSpec deprecation (from Lightning's code) are out of the
+    log; Lightning's other lines stay (the stage's own log: `test_stage_script_runs_two_process_cpu_ddp`)."""
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_log.addHandler(caplog.handler)
+    try:
+        fit(tiny(max_epochs=1), shards, tmp_path)
+    finally:
+        lightning_log.removeHandler(caplog.handler)
+    assert "`Trainer.fit` stopped: `max_epochs=1` reached." in caplog.text
+    assert "litlogger" not in caplog.text
+    assert not [w for w in recwarn if "LeafSpec" in str(w.message)]

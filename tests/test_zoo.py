@@ -45,6 +45,7 @@ def test_rebuilt_network_reproduces_stored_test_acc_exactly(tiny_zoo):
     assert archs == {"cnn", "mlp"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["cnn", "mlp"])
 def test_vectorised_training_equals_training_each_run_alone(arch):
     p = ZooParams(architectures={arch: 3}, epochs=2, save_epochs=(1, 2), dropout=(0.2, 0.5), label_noise=(0.1, 0.3))
@@ -127,6 +128,7 @@ def test_bad_params_name_the_key_and_what_is_allowed(section, message):
     assert message in str(e.value)
 
 
+@pytest.mark.slow
 def test_cli_help_and_stage_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "weightvae.cli", "zoo", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--params" in out.stdout
@@ -140,6 +142,7 @@ def test_cli_help_and_stage_error(tmp_path):
     assert not (tmp_path / "w").exists() and not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.slow
 def test_stage_writes_zoo_and_summary(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("zoo:\n  architectures: {cnn: 2}\n  epochs: 1\n  save_epochs: [1]\n")

@@ -36,12 +36,13 @@ import json
 import subprocess
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 from typing import Any
 
 from weightvae import FORMAT_VERSION
+from weightvae.ingest.loaders import CORRUPT, first_line
 from weightvae.io import atomic_path
+from weightvae.params import DEBUG_ENV, debugging, print_cause
 
 SUFFIXES = (".pt", ".pth")
 METRICS = ("train_acc", "test_acc", "test_loss")
@@ -91,6 +92,8 @@ def import_legacy(src: str | Path, dst: str | Path, trust: bool, paths: tuple[st
         (Path(work) / "request.json").write_text(json.dumps(request))
         proc = subprocess.run([sys.executable, "-m", "weightvae.legacy", str(Path(work) / "request.json")],
                               check=False, capture_output=True, text=True)
+        if debugging():
+            sys.stderr.write(proc.stderr)  # the loading process's tracebacks (print_cause), behind its one line
         result_path = Path(request["result"])
         if not result_path.exists():
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -211,10 +214,13 @@ def _convert(request: dict[str, Any]) -> dict[str, Any]:
         try:
             obj = _load(path)
         except (ModuleNotFoundError, AttributeError, ImportError) as e:
-            raise _Bad(f"{rel}: a pickled module's class cannot be imported ({_first_line(e)}); make its code "
-                             "importable (--path DIR, the folder holding it) or map it (--alias OLD=NEW)") from None
-        except Exception as e:  # noqa: BLE001 - whatever a broken pickle raises becomes one line
-            raise _Bad(f"{rel}: cannot be loaded (truncated or corrupt?): {_first_line(e)}") from None
+            raise _Bad(f"{rel}: a pickled module's class cannot be imported ({first_line(e)}); make its code "
+                             "importable (--path DIR, the folder holding it) or map it (--alias OLD=NEW)") from e
+        except CORRUPT as e:  # what a truncated or corrupt file raises
+            raise _Bad(f"{rel}: cannot be loaded (truncated or corrupt?): {first_line(e)}") from e
+        except Exception as e:  # the process (memory) or the file's own code failed, not its bytes: not "corrupt"
+            raise _Bad(f"{rel}: loading it failed with {first_line(e)}, which is no sign of a corrupt file; "
+                       f"{DEBUG_ENV}=1 shows the traceback") from e
         if not isinstance(obj, (list, tuple)):
             raise _Bad(f"{rel}: holds a {type(obj).__name__}, expected a list of (model_properties, nn.Module) "
                              "pairs; a state_dict or a file in the zoo file schema needs no import: ingest reads it")
@@ -234,7 +240,7 @@ def _convert(request: dict[str, Any]) -> dict[str, Any]:
                 props, own_id = _properties(mp, rel, i, module, request["task"], request["architecture"])
                 sd = _state_dict(module)
             except _Bad as e:
-                raise _Bad(f"{where}: {e}") from None
+                raise _Bad(f"{where}: {e}") from e
             epoch = props["epoch"]
             # file+index ids keep SRC's sub-folders (so ingest's id of an epoch-less model is its run id);
             # an id from the properties never makes a folder (nor leaves DST)
@@ -253,11 +259,6 @@ def _convert(request: dict[str, Any]) -> dict[str, Any]:
     return {"error": None, "written": written, "runs": runs, "run_ids_from": source}
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]
-
-
 def _worker(request_path: str) -> int:
     request = json.loads(Path(request_path).read_text())
     for p in reversed(request["paths"]):
@@ -266,14 +267,15 @@ def _worker(request_path: str) -> int:
         for old, new in request["aliases"]:
             try:
                 sys.modules[old] = importlib.import_module(new)
-            except Exception as e:  # noqa: BLE001 - the user's module may fail in any way
-                raise _Bad(f"--alias {old}={new}: module {new!r} cannot be imported ({_first_line(e)})") \
-                    from None
+            except Exception as e:  # the user's module may fail in any way: its error, in one line
+                raise _Bad(f"--alias {old}={new}: module {new!r} cannot be imported ({first_line(e)})") from e
         result = _convert(request)
     except _Bad as e:
+        print_cause(e)
         result = {"error": str(e)}
-    except Exception:  # noqa: BLE001 - reported as one line to the parent, never a traceback
-        result = {"error": f"unexpected error while loading: {traceback.format_exc().strip().splitlines()[-1]}"}
+    except Exception as e:  # noqa: BLE001 - one line to the parent, not the file's fault; the traceback with DEBUG
+        print_cause(e)
+        result = {"error": f"unexpected error while loading: {first_line(e)}"}
     Path(request["result"]).write_text(json.dumps(result))
     return 0
 
@@ -299,6 +301,7 @@ def run(args: argparse.Namespace) -> None:
         s = import_legacy(args.src, args.dst, args.trust, tuple(args.path), tuple(args.alias), args.task,
                           args.architecture)
     except LegacyError as e:
+        print_cause(e)
         print(f"weightvae import-legacy: {e}", file=sys.stderr)
         raise SystemExit(2 if not args.trust else 1) from None
     print(f"import-legacy: {s['models']} models ({s['runs']} runs; run ids from {s['run_ids_from']}) "

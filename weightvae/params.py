@@ -8,7 +8,10 @@ Range checks live in each dataclass's `__post_init__` and raise `ParamsError` to
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import sys
+import traceback
 import types
 import typing
 from pathlib import Path
@@ -119,17 +122,32 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ParamsError(f"{key}: {value!r} is not allowed; {allowed}")
 
 
+#: set to 1 to see, on stderr, the traceback and its causes behind an error that is otherwise one line
+DEBUG_ENV = "WEIGHTVAE_DEBUG"
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def print_cause(e: BaseException) -> None:
+    """With `WEIGHTVAE_DEBUG=1`: `e`'s traceback with the chain of its causes on stderr (before its one line)."""
+    if debugging():
+        traceback.print_exception(e, file=sys.stderr)
+
+
 def run_command(name: str, func: Any, args: Any) -> int:
     """Run a stage's `run(args)`, turning a ParamsError into one clear line and exit code 2, and a
-    StageError into one line and exit code 1."""
-    import sys
-
+    StageError into one line and exit code 1 (`WEIGHTVAE_DEBUG=1`: the traceback too). Any other exception
+    is not the input's fault and propagates with its traceback."""
     try:
         func(args)
     except ParamsError as e:
+        print_cause(e)
         print(f"weightvae {name}: bad params: {e}", file=sys.stderr)
         return 2
     except StageError as e:
+        print_cause(e)
         print(f"weightvae {name}: {e}", file=sys.stderr)
         return 1
     return 0

@@ -278,7 +278,7 @@ def _group_key(task: str, arch: str, layout_id: str, several_layouts: bool) -> s
 
 def _latents(path: str | Path, table: pd.DataFrame) -> dict[str, np.ndarray]:
     """{model id: latent}, every model of every split required."""
-    from weightvae.encode import read_latents
+    from weightvae.latents import read_latents
 
     if not Path(path).exists():
         raise ProbeError(f"{path}: no latents table; run the encode stage first (dvc repro encode)")

@@ -87,7 +87,7 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
                 out: str | Path) -> dict[str, int]:
     """Decode the encode stage's latents of `p.splits` into networks, and sample new ones; returns counts."""
     from weightvae.data import rows_per_batch
-    from weightvae.encode import read_latents
+    from weightvae.latents import read_latents
     from weightvae.model import VAE
 
     model = VAE.from_export(str(model_path))
@@ -133,7 +133,7 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str
     sample must come from (and be scored against) the models of its own task.
     """
     from weightvae.data import rows_per_batch
-    from weightvae.encode import read_latents
+    from weightvae.latents import read_latents
 
     if p.n_samples == 0:
         return 0

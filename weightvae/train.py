@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from weightvae.params import load_section, require
 
 #: Lightning's precision names (`Trainer(precision=...)`).
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+#: the checkpoints train writes in `--ckpt-dir` (`<name>.ckpt`): the only files there a fresh run removes
+CHECKPOINTS = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -299,9 +300,9 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     """Fit the VAE on the shards' train split, validate on val; returns the final logged metrics."""
     import pandas as pd
     from dvclive.lightning import DVCLiveLogger
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from weightvae.data import ZooDataModule
+    from weightvae.trainer import FolderCheckpoint, quiet_lightning
 
     # deterministic=True makes cuBLAS refuse to run on a GPU unless it may keep a fixed workspace
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -326,27 +327,30 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     model = initial_module(p, ds, layout_ids, n_layers, functional, sizes)
 
     ckpt_dir = Path(ckpt_dir)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
-                           save_top_k=1, enable_version_counter=False)
+    best_name, last_name = CHECKPOINTS
+    best = FolderCheckpoint(dirpath=ckpt_dir, filename=best_name, monitor="val/loss", mode="min",
+                            save_top_k=1, enable_version_counter=False)
     # every epoch; ModelCheckpoint's own save_last writes last.ckpt only in epochs that improve val/loss
-    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
+    latest = FolderCheckpoint(dirpath=ckpt_dir, filename=last_name, enable_version_counter=False)
     if p.resume:
         repair_live_summary(live_dir)
-    logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=p.resume)
-    trainer = L.Trainer(
-        max_epochs=p.max_epochs, accelerator=p.accelerator, devices=p.devices, strategy=p.strategy,
-        precision=p.precision, deterministic=True, logger=logger, callbacks=[best, latest, *(callbacks or [])],
-        limit_train_batches=p.limit_train_batches, log_every_n_steps=1, enable_model_summary=False,
-    )
-    last = ckpt_dir / "last.ckpt"
+    last = ckpt_dir / f"{last_name}.ckpt"
     resume_from = str(last) if p.resume and last.exists() else None
-    if resume_from is None and ckpt_dir.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
-        shutil.rmtree(ckpt_dir)  # a fresh run: stale best/last checkpoints of another config must not survive
-    trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
+    if resume_from is None and os.environ.get("LOCAL_RANK", "0") == "0":
+        for name in CHECKPOINTS:  # a fresh run: stale checkpoints must not survive; nothing else there is train's
+            (ckpt_dir / f"{name}.ckpt").unlink(missing_ok=True)
+    logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=p.resume)
+    with quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=p.max_epochs, accelerator=p.accelerator, devices=p.devices, strategy=p.strategy,
+            precision=p.precision, deterministic=True, logger=logger, callbacks=[best, latest, *(callbacks or [])],
+            limit_train_batches=p.limit_train_batches, log_every_n_steps=1, enable_model_summary=False,
+        )
+        trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
         # Lightning's checkpoints carry paths and loop state; the export carries only what defines the model.
-        blob = torch.load(ckpt_dir / "best.ckpt", map_location="cpu", weights_only=True)
+        blob = torch.load(ckpt_dir / f"{best_name}.ckpt", map_location="cpu", weights_only=True)
         model = build_module(p, ds.max_len, layout_ids, n_layers, functional, sizes)
         model.load_state_dict(blob["state_dict"])  # includes the normalisation buffers
         with atomic_path(out) as tmp:

@@ -28,6 +28,8 @@ class Tattletale(SeedCNN):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        if os.environ.get("SEED_MODELS_EXHAUST"):  # as if the loading process ran out of memory here
+            raise MemoryError("out of memory while unpickling")
         os.environ["SEED_MODELS_LOADED"] = "yes"
         marker = os.environ.get("SEED_MODELS_MARKER")
         if marker:

@@ -19,6 +19,7 @@ from weightvae.archs import ARCHITECTURES, build_model
 from weightvae.ingest.formats import MODELZOO_CHECKPOINT, modelzoo_properties, plain_properties, to_json, zoo_properties
 from weightvae.ingest.loaders import BadFile, first_line, load_safetensors, load_torch
 from weightvae.layout import Layout
+from weightvae.params import print_cause
 
 
 @dataclass
@@ -45,7 +46,7 @@ def _architecture_shapes(name: str, kwargs_json: str) -> dict[str, tuple[int, ..
     try:
         with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
             sd = build_model(name, json.loads(kwargs_json)).state_dict()
-    except Exception as e:
+    except (TypeError, ValueError, RuntimeError) as e:  # what bad kwargs raise; anything else is not the file's
         return f"architecture {name!r} cannot be built from kwargs {kwargs_json}: {first_line(e)}"
     return {k: tuple(v.shape) for k, v in sd.items()}
 
@@ -69,10 +70,12 @@ def _check_architecture(sd: dict[str, Any], props: dict[str, Any]) -> None:
 
 
 def inspect_file(root: str | Path, rel: str, fmt: str = "auto", canonicalize: bool = False) -> Loaded | Rejected:
-    """Load, validate and flatten one file. Never raises for a bad file: returns `Rejected`."""
+    """Load, validate and flatten one file. Never raises for a bad file: returns `Rejected` (`WEIGHTVAE_DEBUG=1`:
+    and prints the traceback with its cause). Other errors (a MemoryError, a bug) propagate."""
     try:
         return _inspect(Path(root) / rel, rel, fmt, canonicalize)
     except BadFile as e:
+        print_cause(e)
         return Rejected(rel, str(e))
 
 
@@ -80,7 +83,7 @@ def _inspect(path: Path, rel: str, fmt: str, canonicalize: bool = False) -> Load
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise BadFile(f"cannot be read: {first_line(e)}") from None
+        raise BadFile(f"cannot be read: {first_line(e)}") from e
     if not data:
         raise BadFile("is an empty file (0 bytes)")
     zoo = MODELZOO_CHECKPOINT.fullmatch(rel) if fmt in ("auto", "modelzoo") else None
@@ -105,7 +108,7 @@ def _inspect(path: Path, rel: str, fmt: str, canonicalize: bool = False) -> Load
     try:
         layout = Layout.from_state_dict(sd)
     except ValueError as e:
-        raise BadFile(str(e)) from None
+        raise BadFile(str(e)) from e
     if layout.length == 0:
         raise BadFile("has no floating-point tensors to learn")
     _check_architecture(sd, props)

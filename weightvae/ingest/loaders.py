@@ -6,12 +6,22 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import struct
 import warnings
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from weightvae import tensorfile
+
+#: What `torch.load` raises for a truncated or corrupt file (measured on fuzzed files: the zip reader's
+#: RuntimeError, the unpickler's errors on garbage). Anything else (a MemoryError, an OSError, a bug) is not the
+#: file's fault: it propagates with its traceback instead of becoming "corrupt?".
+CORRUPT = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, IndexError, KeyError, TypeError,
+           AssertionError, OverflowError, struct.error)
+#: likewise for a safetensors file (the library's error; our own checks of its metadata)
+CORRUPT_SAFETENSORS = (SafetensorError, ValueError, TypeError)
 
 
 class BadFile(Exception):
@@ -36,21 +46,21 @@ def load_torch(data: bytes) -> Any:
                 "uses pickle instructions that safe loading (weights_only=True) refuses"
             raise BadFile(f"{need} ({what}); refused, none of it was run. Re-save it with tensors and plain "
                        "Python values only, e.g. torch.save({'state_dict': model.state_dict(), "
-                       "'model_properties': {...}}, path)") from None
-        raise BadFile(f"cannot be unpickled (truncated or corrupt?): {first_line(e)}") from None
-    except Exception as e:
-        raise BadFile(f"cannot be read as a torch file (truncated or corrupt?): {first_line(e)}") from None
+                       "'model_properties': {...}}, path)") from e
+        raise BadFile(f"cannot be unpickled (truncated or corrupt?): {first_line(e)}") from e
+    except CORRUPT as e:
+        raise BadFile(f"cannot be read as a torch file (truncated or corrupt?): {first_line(e)}") from e
 
 
 def load_safetensors(data: bytes) -> Any:
     """Tensors in the order the file records (weightvae's exports), else by name: the same in every process."""
     try:
         tensors, meta = tensorfile.load(data)
-    except Exception as e:
-        raise BadFile(f"cannot be read as safetensors (truncated or corrupt?): {first_line(e)}") from None
+    except CORRUPT_SAFETENSORS as e:
+        raise BadFile(f"cannot be read as safetensors (truncated or corrupt?): {first_line(e)}") from e
     if "model_properties" in meta:  # optional: our schema's properties as a JSON string in the header
         try:
             return {"state_dict": tensors, "model_properties": json.loads(meta["model_properties"])}
         except json.JSONDecodeError as e:
-            raise BadFile(f"metadata 'model_properties' is not valid JSON: {e}") from None
+            raise BadFile(f"metadata 'model_properties' is not valid JSON: {e}") from e
     return tensors
