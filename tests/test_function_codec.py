@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from weightvae.data import ZooDataset
+from weightvae.data import ZooDataModule, ZooDataset
 from weightvae.encode import EncodeParams, encode
 from weightvae.latents import read_latents
 from weightvae.ingest import IngestParams, ingest
@@ -55,7 +55,6 @@ def _fit(shards, steps: int, freeze_decoder: bool = False) -> tuple[VAE, dict]:
     """The function codec with a 1-value code, started as the train stage starts it, then `steps` Adam steps of
     its training loss on the whole train split (4 networks: a CNN pair and an MLP pair); `freeze_decoder` is the
     planted fault (the decoder stays at its PCA start, only the encoder learns). Returns it and the batch."""
-    from weightvae.data import ZooDataModule
     from weightvae.train import functional_info, initial_module
 
     torch.manual_seed(0)
@@ -118,9 +117,10 @@ def test_encode_stores_the_encoders_code_beside_the_refined_one(shards, tmp_path
         rows_e, z_enc = read_latents(tmp_path / "latents.parquet", split, column="latent_encoder")
         assert rows == rows_e and z.shape == z_enc.shape == (len(rows), 1) and not torch.equal(z, z_enc)
         ds = ZooDataset(shards, split, normalize=True, max_len=model.cfg.max_len)
+        batch = next(iter(ZooDataModule.loader(ds, batch_size=len(ds))))
+        order = {p["id"]: i for i, p in enumerate(batch["model_properties"])}  # the table goes a layout at a time
         with torch.no_grad():
-            expected = model.encode(next(iter(__import__("weightvae.data").data.ZooDataModule.loader(
-                ds, batch_size=len(ds))))).mode()
+            expected = model.encode(batch).mode()[[order[r["id"]] for r in rows]]
         assert torch.allclose(z_enc, expected, atol=1e-5)
 
 
