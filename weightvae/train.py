@@ -129,17 +129,20 @@ class TrainParams:
 
 def functional_info(shards: str | Path, layouts: dict[str, Any],
                     log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """`task/layout_id` -> {"arch", "kwargs", "task", "layout"} for every (task, layout) whose
-    networks weightvae can run (a built-in architecture with a batched forward, and a known task).
-    The behavioural term, the function-aware encoder and latent refinement need this; each group left
-    out gets one line through `log` saying why, so none of them is silently off."""
+    """`task/layout_id` -> {"arch", "kwargs", "task", "layout"[, "buffers"]} for every (task, layout) whose
+    networks weightvae can run: a built-in or registered architecture (`registry:` in params.yaml) on a built-in
+    or registered task; any `nn.Module` runs through `weightvae.functional`. The behavioural term, the
+    function-aware encoder and latent refinement need this; each group left out gets one line through `log`
+    saying why, so none of them is silently off. `buffers`: the integer buffers (BatchNorm's
+    `num_batches_tracked`) of the group's first network, only where the layout has some."""
     import pandas as pd
 
     from weightvae.archs import ARCHITECTURES
     from weightvae.model import function_key
+    from weightvae.registry import ENABLE_HINT
     from weightvae.tasks import TASKS
 
-    columns = ["layout_id", "architecture", "arch_kwargs", "task"]
+    columns = ["layout_id", "architecture", "arch_kwargs", "task", "buffers"]
     table = pd.read_parquet(Path(shards) / "models.parquet", columns=columns)
     out = {}
     for (task, lid), rows in table.groupby(["task", "layout_id"], sort=True):
@@ -147,18 +150,22 @@ def functional_info(shards: str | Path, layouts: dict[str, Any],
         why = None
         if rows.architecture.nunique() > 1:
             why = f"architectures {sorted(rows.architecture.unique())} share its layout"
+        elif arch not in ARCHITECTURES and task not in TASKS:
+            why = f"task {task!r} and architecture {arch!r} are not registered ({ENABLE_HINT})"
         elif arch not in ARCHITECTURES:
-            why = f"architecture {arch!r} is not built in"
-        elif ARCHITECTURES[arch].batched_forward is None:
-            why = f"architecture {arch!r} has no batched forward"
+            why = f"architecture {arch!r} is not registered ({ENABLE_HINT})"
         elif task not in TASKS:
-            why = f"task {task!r} is not built in"
+            why = f"task {task!r} is not registered ({ENABLE_HINT})"
         if why:
             log(f"train: behavioural term, function-aware encoder and latent refinement off for {task}/{arch} "
                 f"(layout {lid}): {why}; its networks train on the weight loss alone and keep the encoder's codes")
             continue
-        out[function_key(task, lid)] = {"arch": arch, "kwargs": json.loads(rows.arch_kwargs.iloc[0] or "{}"),
-                                        "task": task, "layout": layouts[lid]}
+        info = {"arch": arch, "kwargs": json.loads(rows.arch_kwargs.iloc[0] or "{}"), "task": task,
+                "layout": layouts[lid]}
+        buffers = json.loads(rows.buffers.iloc[0] or "{}")
+        if buffers:
+            info["buffers"] = buffers
+        out[function_key(task, lid)] = info
     return out
 
 
@@ -391,6 +398,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from weightvae.registry import register_params
+
+    register_params(args.params)  # the user's architectures and tasks (`registry:`), before anything runs them
     p = load_section(args.params, "train", TrainParams)
     metrics = train(p, args.shards, args.out, args.ckpt_dir, args.live_dir)
     print("train: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
