@@ -6,7 +6,8 @@ learned entry (parameters and float buffers, e.g. BatchNorm's running mean and v
 vector; the integer buffers (BatchNorm's `num_batches_tracked`) are not in it and come from each network's
 stored `buffers` (`Layout.buffers`), or the module's own when none are given. The module runs in eval mode:
 BatchNorm normalises with each network's own running statistics, dropout is off. Differentiable in the
-weights: the behavioural term and latent refinement take gradients through it.
+parameters: the behavioural term and latent refinement take gradients through it. Float buffers (running
+statistics) enter as constants, their gradient 0: PyTorch's batch norm is not differentiable in them.
 
 A module vmap cannot run (data-dependent control flow on its weights, an in-place update of a buffer) falls
 back to a loop over the networks, one `functional_call` each, after one printed line saying so; a module that
@@ -54,13 +55,18 @@ class BatchedForward:
                                    f"{list(own[e.name].shape)} in the module built from the stored kwargs")
         # each tensor runs in the module's own dtype (a float16 zoo is stored as float16, loaded as the module's)
         self._dtype = {n: own[n].dtype for n in (e.name for e in layout.entries)}
+        self._buffer = {n for n, _ in module.named_buffers(remove_duplicate=False)}
         self.vmapped: bool | None = None  # None: not tried yet
 
     def tensors(self, flat: Tensor) -> dict[str, Tensor]:
-        """The learned entries `[B, *shape]` of the vectors `flat` `[B, length]` (views, differentiable)."""
+        """The learned entries `[B, *shape]` of the vectors `flat` `[B, length]` (views, differentiable; float
+        buffers detached)."""
         b = flat.shape[0]
-        return {e.name: flat[:, e.offset:e.offset + e.numel].reshape(b, *e.shape).to(self._dtype[e.name])
-                for e in self.layout.learned}
+        out = {}
+        for e in self.layout.learned:
+            t = flat[:, e.offset:e.offset + e.numel].reshape(b, *e.shape).to(self._dtype[e.name])
+            out[e.name] = t.detach() if e.name in self._buffer else t
+        return out
 
     def buffer_tensors(self, buffers: Buffers | Sequence[Buffers] | None,
                        device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
