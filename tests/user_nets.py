@@ -58,7 +58,7 @@ def build_tab_mlp(**kwargs) -> nn.Module:
 
 def _split(n: int, seed: int, test: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
     idx = np.random.default_rng(seed).permutation(n)
-    cut = int(round(n * test))
+    cut = round(n * test)
     return np.sort(idx[cut:]), np.sort(idx[:cut])
 
 

@@ -130,7 +130,7 @@ class BatchedForward:
             try:
                 outs.append(self._call({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in per.items()},
                                        shared, x))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any failure of the user's module becomes one named line
                 raise ForwardError(f"{self.name} cannot be run on flat weights: {_first_line(e)}") from None
         return torch.stack(outs)
 
