@@ -137,7 +137,7 @@ def encode_throughput(shards: Path, networks: int, steps: int, repeats: int, sta
     kl = {}
     try:
         for _ in range(repeats):
-            for name, n in best:  # 0 steps: the fixed cost (the KL before and after, on every probe input)
+            for name, n in list(best):  # 0 steps: the fixed cost (the KL before and after, on every probe input)
                 archs.ARCHITECTURES[arch] = dataclasses.replace(original, probe_forward=name == "hand_written")
                 t = time.perf_counter()
                 _, before, after = refine(model, z0, x, lids, keys, n, e.refine_lr, e.probe_count, e.probe_batch,
