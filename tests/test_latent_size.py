@@ -24,8 +24,8 @@ def test_auto_is_the_default_and_gives_the_default_zoo_its_426_values():
     lines = []
     p = resolve_latent(TrainParams(accelerator="cpu"), 1706, log=lines.append)
     assert p.latent_dim == 426 and lines == [
-        "train: latent_dim auto: 426 latent values for the longest layout's 1,706 learned weights "
-        "(train.compression 4: 4.00x)"]
+        ("train: latent_dim auto: 426 latent values for the longest layout's 1,706 learned weights "
+         "(train.compression 4: 4.00x)")]
     assert build_module(TrainParams(accelerator="cpu"), 1706, ["a"], 4).cfg.latent_dim == 426
 
 

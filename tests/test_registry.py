@@ -220,7 +220,7 @@ def _stage(name: str, params_text: str, tmp_path) -> subprocess.CompletedProcess
                          "--table", str(out / "eval.csv"), "--plots", str(out / "plots"), "--live-dir",
                          str(out / "live")]}[name]
     proc = subprocess.run([sys.executable, f"stages/{name}.py", "--params", str(params), *args], cwd=ROOT,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert not out.exists()
     return proc
 
@@ -230,8 +230,8 @@ def test_every_stage_stops_on_a_registration_that_fails_to_import_with_one_line_
     proc = _stage(stage, "registry:\n  architectures:\n    mynet: wvae_no_such_pkg:build\n", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"weightvae {stage}: bad params: registry.architectures.mynet: 'wvae_no_such_pkg:build' is not allowed; "
-        "module 'wvae_no_such_pkg' not found (install it, or put it under the working directory / on PYTHONPATH)"]
+        (f"weightvae {stage}: bad params: registry.architectures.mynet: 'wvae_no_such_pkg:build' is not allowed; "
+         "module 'wvae_no_such_pkg' not found (install it, or put it under the working directory / on PYTHONPATH)")]
 
 
 @pytest.mark.parametrize("key", ["architectures", "tasks"])
@@ -239,5 +239,5 @@ def test_a_registration_left_under_evaluate_is_told_where_it_moved(key, tmp_path
     proc = _stage("train", f"evaluate:\n  {key}:\n    mynet: wvae_user_nets:build_tiny\n", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"weightvae train: bad params: evaluate.{key}: moved to registry.{key} (a top-level `registry:` section "
-        f"every stage reads); move it there and delete evaluate.{key}"]
+        (f"weightvae train: bad params: evaluate.{key}: moved to registry.{key} (a top-level `registry:` section "
+         f"every stage reads); move it there and delete evaluate.{key}")]
