@@ -141,7 +141,7 @@ def latent_size(p: TrainParams, length: int) -> int:
     426.5 -> 426), and at least 1."""
     if p.latent_dim != "auto":
         return int(p.latent_dim)
-    return max(1, math.floor(length / p.compression + 1e-9))  # 1e-9: 1,200 / 0.3-style float noise is not a floor
+    return max(1, math.floor(length / p.compression + 1e-9))  # 1e-9: 3 / 0.3 = 9.999999999999998 is 10
 
 
 def resolve_latent(p: TrainParams, length: int, log: Callable[[str], None] | None = None) -> TrainParams:
@@ -149,7 +149,8 @@ def resolve_latent(p: TrainParams, length: int, log: Callable[[str], None] | Non
     if p.latent_dim != "auto":
         return p
     n = latent_size(p, length)
-    if log is not None:
+    flat = p.codec == "linear" or p.codec == "conv" and p.latent == "flat"  # the codecs latent_dim sizes
+    if log is not None and flat:
         log(f"train: latent_dim auto: {n} latent values for the longest layout's {length:,} learned weights "
             f"(train.compression {p.compression:g}: {length / n:.2f}x)")
     return dataclasses.replace(p, latent_dim=n)
