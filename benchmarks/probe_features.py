@@ -58,7 +58,7 @@ from weightvae.probe import (
     weight_stats,
 )
 from weightvae.shards import SPLITS, open_shard
-from weightvae.train import scale_group_sizes
+from weightvae.train import TrainParams, latent_size, scale_group_sizes
 
 TARGETS = ("test_acc", "epoch", "lr")
 NONLINEAR = ("log_std", "sW", "sW+log_std")  # small enough for kernel ridge on every training row
@@ -224,13 +224,14 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="build and ingest a small zoo first (smoke test)")
     args = ap.parse_args()
     p = load_section(args.params, "probe", ProbeParams)
-    import yaml
-
-    latent = int(yaml.safe_load(Path(args.params).read_text())["train"]["latent_dim"])
+    train_params = load_section(args.params, "train", TrainParams)
     with tempfile.TemporaryDirectory() as tmp:
         shards = tiny_shards(Path(tmp)) if args.tiny else Path(args.shards)
         if not (shards / "manifest.json").exists():
             sys.exit(f"{shards}: no shards; run `dvc repro ingest` first")
+        # train.latent_dim, or what `auto` gives the shards' longest layout (as the train stage sizes it)
+        latent = latent_size(train_params, max(v["length"] for v in
+                                               json.loads((shards / "layouts.json").read_text()).values()))
         if args.tiny:
             latent = 120  # the unit-scale code leads with 108 measured values
         model, latents = Path(args.model), Path(args.latents)

@@ -21,6 +21,8 @@ SMOKE = {
     "scale.py": ["--sizes", "1.7k,17k", "--models", "10", "--steps", "2", "--batch", "2"],
     "probe_features.py": ["--tiny", "--probes", "16", "--mlp-epochs", "2"],
     "function_code.py": ["--tiny"],
+    "forward.py": ["--networks", "4", "--probes", "8", "--repeats", "1", "--shards", "no-such-folder"],
+    "user_zoos.py": ["--tiny"],
 }
 
 

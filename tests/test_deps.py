@@ -69,3 +69,34 @@ def test_the_import_walk_sees_imports_inside_functions():
     """`train` imports `weightvae.data` only inside `train()`: the walk must still find it."""
     found = imported_files(ROOT / "stages" / "train.py")
     assert {"weightvae/train.py", "weightvae/data.py", "weightvae/model.py", "weightvae/__init__.py"} <= found
+
+
+def test_the_registered_user_modules_are_in_the_deps_of_every_stage_that_reads_the_registry():
+    """params.yaml's `registry:` modules inside the repository are files DVC must track: editing one reruns
+    the stages that list `registry` in their params (README, "Bring your own zoo")."""
+    from weightvae.registry import load_params, undeclared_deps
+
+    assert undeclared_deps(STAGES, load_params(ROOT / "params.yaml"), ROOT) == []
+
+
+def test_a_user_module_missing_from_a_stages_deps_is_named(tmp_path):
+    """As a user declares one: `registry:` names `tests.user_nets`, and its file goes into each such stage's deps."""
+    import copy
+
+    from weightvae.registry import RegistryParams, module_file, undeclared_deps
+
+    reg = RegistryParams(architectures={"gelu_cnn": "tests.user_nets:build_gelu_cnn"},
+                         tasks={"wine": "tests.user_nets:load_wine", "elsewhere": "yaml:safe_load"})
+    assert module_file("tests.user_nets:load_wine", ROOT) == "tests/user_nets.py"
+    assert module_file("yaml:safe_load", ROOT) is None  # installed: not a file of this repository
+    reading = sorted(n for n, s in STAGES.items() if "registry" in s.get("params", []))
+    assert reading == ["controls", "encode", "evaluate", "probe", "reconstruct", "train"]
+    assert undeclared_deps(STAGES, reg, ROOT) == [
+        f"stage {n!r} reads `registry` but its deps lack tests/user_nets.py: add it to dvc.yaml" for n in reading]
+    stages = copy.deepcopy(STAGES)
+    for n in reading:
+        stages[n]["deps"].append("tests/user_nets.py")
+    assert undeclared_deps(stages, reg, ROOT) == []
+    stages["probe"]["deps"].remove("tests/user_nets.py")
+    assert undeclared_deps(stages, reg, ROOT) == [
+        "stage 'probe' reads `registry` but its deps lack tests/user_nets.py: add it to dvc.yaml"]

@@ -44,8 +44,9 @@ def test_a_zoo_of_an_unknown_architecture_goes_through_the_whole_pipeline(tmp_pa
     out = _sh(["dvc", "repro", "evaluate"], repo)  # ingest -> evaluate; the default zoo is not needed
     assert "Running stage 'zoo'" not in out and "Running stage 'evaluate'" in out
     assert "functional metrics (accuracy, retention, agreement) skipped for unknown/unknown" in out
-    assert ("encode: unknown/unknown: not refined, weightvae cannot run the architecture (no batched forward); "
-            "these networks keep the encoder's code") in out
+    assert ("encode: unknown/unknown: not refined, their architecture or task is not registered (registry: in "
+            "params.yaml; train said which); these networks keep the encoder's code") in out
+    assert "train: behavioural term, function-aware encoder and latent refinement off for unknown/unknown" in out
     for path in ["metrics/eval.json", "metrics/eval_models.csv", "metrics/plots/accuracy_scatter.png",
                  "metrics/plots/layer_r2.png", "metrics/plots/accuracy_histograms.png",
                  "metrics/plots/training_curves.png"]:

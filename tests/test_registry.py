@@ -1,5 +1,5 @@
-"""User architectures and tasks registered by `module:callable` in params.yaml (`evaluate.architectures`,
-`evaluate.tasks`), and what evaluate says when a model's architecture or task is unknown."""
+"""User architectures and tasks registered by `module:callable` in params.yaml (`registry.architectures`,
+`registry.tasks`, read by every stage), and what evaluate says when a model's architecture or task is unknown."""
 
 import argparse
 import json
@@ -16,7 +16,7 @@ from weightvae.archs import ARCHITECTURES, build_model
 from weightvae.ingest import IngestParams, ingest
 from weightvae.params import ParamsError, build
 from weightvae.records import file_name
-from weightvae.registry import register
+from weightvae.registry import RegistryParams, register
 from weightvae.tasks import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,9 +113,9 @@ def _shards_and_fake_reconstructions(tmp_path):
     return rows
 
 
-def _args(tmp_path, evaluate_section):
+def _args(tmp_path, registry_section):
     params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({"evaluate": evaluate_section}))  # JSON is YAML
+    params.write_text(json.dumps({"registry": registry_section}))  # JSON is YAML
     return argparse.Namespace(params=str(params), shards=str(tmp_path / "shards"), recon=str(tmp_path / "recon"),
                               latents=None, metrics=str(tmp_path / "out" / "eval.json"),
                               table=str(tmp_path / "out" / "eval.csv"), plots=str(tmp_path / "out" / "plots"),
@@ -130,7 +130,7 @@ def test_unknown_architectures_get_weight_space_metrics_and_one_plain_message(tm
     assert len(lines) == 1, out
     assert "skipped for digits_again/tiny (unknown task 'digits_again' and architecture 'tiny'); " \
            "unknown/unknown (unknown task 'unknown' and architecture 'unknown')" in lines[0]
-    assert "evaluate.architectures" in lines[0] and "evaluate.tasks" in lines[0]
+    assert "registry.architectures" in lines[0] and "registry.tasks" in lines[0]
     h = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert len(h["skipped"]) == 2 and all("functional metrics skipped" in s for s in h["skipped"])
     vae = h["groups"]["digits_again/tiny"]["methods"]["vae"]
@@ -166,26 +166,26 @@ def test_callables_may_be_dotted_and_registration_is_idempotent():
 
 
 BAD_SPECS = [
-    ({"architectures": {"mynet": "wvae_user_nets"}}, "evaluate.architectures.mynet: 'wvae_user_nets' is not allowed; "
+    ({"architectures": {"mynet": "wvae_user_nets"}}, "registry.architectures.mynet: 'wvae_user_nets' is not allowed; "
                                                      "expected 'module:callable'"),
     ({"tasks": {"t": "wvae_user_nets:"}},
-     "evaluate.tasks.t: 'wvae_user_nets:' is not allowed; expected 'module:callable'"),
-    ({"architectures": {"mynet": 3}}, "evaluate.architectures.mynet: 3 is not allowed; expected str"),
+     "registry.tasks.t: 'wvae_user_nets:' is not allowed; expected 'module:callable'"),
+    ({"architectures": {"mynet": 3}}, "registry.architectures.mynet: 3 is not allowed; expected str"),
     ({"architectures": {"mynet": "wvae_no_such_pkg.nets:build"}},
-     "evaluate.architectures.mynet: 'wvae_no_such_pkg.nets:build' is not allowed; module 'wvae_no_such_pkg.nets' "
+     "registry.architectures.mynet: 'wvae_no_such_pkg.nets:build' is not allowed; module 'wvae_no_such_pkg.nets' "
      "not found"),
     ({"architectures": {"mynet": "wvae_user_nets:build_huge"}},
-     "evaluate.architectures.mynet: 'wvae_user_nets:build_huge' is not allowed; module 'wvae_user_nets' has no "
+     "registry.architectures.mynet: 'wvae_user_nets:build_huge' is not allowed; module 'wvae_user_nets' has no "
      "attribute 'build_huge'"),
     ({"tasks": {"t": "wvae_user_nets:NOT_CALLABLE"}},
-     "evaluate.tasks.t: 'wvae_user_nets:NOT_CALLABLE' is not allowed; 'NOT_CALLABLE' is a int, not callable"),
+     "registry.tasks.t: 'wvae_user_nets:NOT_CALLABLE' is not allowed; 'NOT_CALLABLE' is a int, not callable"),
     ({"tasks": {"t": "wvae_user_broken:load"}},
-     "evaluate.tasks.t: 'wvae_user_broken:load' is not allowed; importing 'wvae_user_broken' failed: "
+     "registry.tasks.t: 'wvae_user_broken:load' is not allowed; importing 'wvae_user_broken' failed: "
      "ModuleNotFoundError: No module named 'wvae_no_such_dependency'"),
     ({"architectures": {"cnn": "wvae_user_nets:build_tiny"}},
-     "evaluate.architectures.cnn: 'wvae_user_nets:build_tiny' is not allowed; 'cnn' is a built-in architecture"),
+     "registry.architectures.cnn: 'wvae_user_nets:build_tiny' is not allowed; 'cnn' is a built-in architecture"),
     ({"tasks": {"digits": "wvae_user_nets:load_digits_again"}},
-     "evaluate.tasks.digits: 'wvae_user_nets:load_digits_again' is not allowed; 'digits' is a built-in task"),
+     "registry.tasks.digits: 'wvae_user_nets:load_digits_again' is not allowed; 'digits' is a built-in task"),
 ]
 
 
@@ -194,30 +194,50 @@ BAD_SPECS = [
                                                              "builtin-architecture", "builtin-task"])
 def test_bad_registrations_name_the_key_and_the_value(section, message):
     with pytest.raises(ParamsError) as e:
-        p = build(E.EvaluateParams, section, "evaluate")
+        p = build(RegistryParams, section, "registry")
         register(p.architectures, p.tasks)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_a_builder_returning_no_module_or_a_loader_no_task_data_is_named():
     register({"mynet": "wvae_user_nets:build_a_string"}, {"t": "wvae_user_nets:build_a_string"})
-    with pytest.raises(ParamsError, match=r"evaluate.architectures.mynet: 'wvae_user_nets:build_a_string' is not "
+    with pytest.raises(ParamsError, match=r"registry.architectures.mynet: 'wvae_user_nets:build_a_string' is not "
                                           r"allowed; it returned a str, expected a torch.nn.Module"):
         build_model("mynet", {})
-    with pytest.raises(ParamsError, match=r"evaluate.tasks.t: .* it returned a str, expected weightvae.tasks.TaskData"):
+    with pytest.raises(ParamsError, match=r"registry.tasks.t: .* it returned a str, expected weightvae.tasks.TaskData"):
         get_task("t")
 
 
-def test_evaluate_stage_stops_on_a_missing_module_with_one_line_and_writes_nothing(tmp_path):
+def _stage(name: str, params_text: str, tmp_path) -> subprocess.CompletedProcess:
     params = tmp_path / "params.yaml"
-    params.write_text("evaluate:\n  architectures:\n    mynet: wvae_no_such_pkg:build\n")
+    params.write_text(params_text)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "stages/evaluate.py", "--params", str(params), "--shards", str(tmp_path),
-                           "--recon", str(tmp_path), "--metrics", str(out / "eval.json"), "--table",
-                           str(out / "eval.csv"), "--plots", str(out / "plots"), "--live-dir", str(out / "live")],
-                          cwd=ROOT, capture_output=True, text=True)
+    args = {"train": ["--shards", str(tmp_path), "--out", str(out / "vae.ckpt"), "--ckpt-dir", str(out / "ckpt"),
+                      "--live-dir", str(out / "live")],
+            "encode": ["--shards", str(tmp_path), "--model", str(out / "vae.ckpt"), "--out", str(out / "l.parquet"),
+                       "--metrics", str(out / "encode.json")],
+            "evaluate": ["--shards", str(tmp_path), "--recon", str(tmp_path), "--metrics", str(out / "eval.json"),
+                         "--table", str(out / "eval.csv"), "--plots", str(out / "plots"), "--live-dir",
+                         str(out / "live")]}[name]
+    proc = subprocess.run([sys.executable, f"stages/{name}.py", "--params", str(params), *args], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert not out.exists()
+    return proc
+
+
+@pytest.mark.parametrize("stage", ["train", "encode", "evaluate"])
+def test_every_stage_stops_on_a_registration_that_fails_to_import_with_one_line_naming_the_key(stage, tmp_path):
+    proc = _stage(stage, "registry:\n  architectures:\n    mynet: wvae_no_such_pkg:build\n", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "weightvae evaluate: bad params: evaluate.architectures.mynet: 'wvae_no_such_pkg:build' is not allowed; "
-        "module 'wvae_no_such_pkg' not found (install it, or put it under the working directory / on PYTHONPATH)"]
-    assert not out.exists()
+        (f"weightvae {stage}: bad params: registry.architectures.mynet: 'wvae_no_such_pkg:build' is not allowed; "
+         "module 'wvae_no_such_pkg' not found (install it, or put it under the working directory / on PYTHONPATH)")]
+
+
+@pytest.mark.parametrize("key", ["architectures", "tasks"])
+def test_a_registration_left_under_evaluate_is_told_where_it_moved(key, tmp_path):
+    proc = _stage("train", f"evaluate:\n  {key}:\n    mynet: wvae_user_nets:build_tiny\n", tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        (f"weightvae train: bad params: evaluate.{key}: moved to registry.{key} (a top-level `registry:` section "
+         f"every stage reads); move it there and delete evaluate.{key}")]

@@ -1,9 +1,12 @@
 """Architectures of the zoo's networks, rebuildable from a name and kwargs.
 
-Each entry has a plain `nn.Module` (used to evaluate any single network) and a *batched*
-forward that runs M networks of the same architecture at once, each on its own batch,
-with parameters stacked along a leading model dimension. The batched forward is what
-makes the zoo build in minutes; `tests/test_zoo.py` checks it against the module.
+Each entry has a plain `nn.Module` (used to evaluate any single network) and a hand-written *batched*
+forward that runs M networks of the same architecture at once, each on its own batch (and its own
+dropout mask), with parameters stacked along a leading model dimension. The batched forward is what
+makes the zoo build in minutes; `tests/test_zoo.py` checks it against the module. What a network
+computes on probe inputs (the behavioural term, latent refinement) runs through `weightvae.functional`,
+for any architecture, except where `benchmarks/forward.py` measured the hand-written one faster
+(`probe_forward`).
 """
 
 from __future__ import annotations
@@ -94,11 +97,14 @@ class Architecture:
     build: Callable[..., nn.Module]
     batched_forward: Callable[[Mapping[str, Tensor], Tensor, Tensor | None], Tensor] | None = None
     hidden_key: str = "hidden"  # kwarg that sets the width of the layer dropout acts on
+    # the behavioural term and refinement run `batched_forward` instead of `weightvae.functional`'s generic one:
+    # only where benchmarks/forward.py measured it faster in forward + backward (README, "Any architecture")
+    probe_forward: bool = False
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "cnn": Architecture(CNN, _cnn_batched),
-    "mlp": Architecture(MLP, _mlp_batched),
+    "mlp": Architecture(MLP, _mlp_batched, probe_forward=True),
 }
 
 

@@ -9,19 +9,23 @@ on the test set stays untouched.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from weightvae.archs import get_architecture
+from weightvae.functional import Buffers, batched_forward
 from weightvae.layout import Layout
 from weightvae.tasks import get_task
 
 
 @functools.cache
 def probe_inputs(task: str, count: int | None = None, seed: int = 0) -> Tensor:
-    """`count` fixed training inputs of `task` (None: all of them), `[P, C, H, W]`, in training-set order."""
+    """`count` fixed inputs of `task`'s *training* split (None: all of them), `[P, ...]` (images `[P, C, H, W]`,
+    tabular `[P, F]`: whatever the task's loader gives), in training-set order."""
     x = get_task(task).x_train
     if count is None or count >= len(x):
         return x
@@ -29,17 +33,21 @@ def probe_inputs(task: str, count: int | None = None, seed: int = 0) -> Tensor:
     return x[idx.sort().values]
 
 
-def flat_logits(arch: str, layout: Layout, flat: Tensor, probes: Tensor) -> Tensor:
+def flat_logits(arch: str, layout: Layout, flat: Tensor, probes: Tensor, kwargs: Mapping[str, Any] | None = None,
+                buffers: Buffers | Sequence[Buffers] | None = None) -> Tensor:
     """Logits `[B, P, K]` of B networks given as real (denormalised) flat weights `[B, length]`.
 
-    Differentiable in `flat`: runs the architecture's batched forward on the slices of the vector.
-    """
-    b = flat.shape[0]
-    params = {e.name: flat[:, e.offset:e.offset + e.numel].reshape(b, *e.shape) for e in layout.learned}
-    x = probes.to(flat).unsqueeze(0).expand(b, *probes.shape)
-    forward = get_architecture(arch).batched_forward
-    assert forward is not None, f"architecture {arch!r} has no batched forward"
-    return forward(params, x, None)
+    Differentiable in `flat`: the architecture's module (built with `kwargs`), any built-in or registered one,
+    run on the slices of the vector by `weightvae.functional` (vmapped `functional_call`, eval mode); `buffers`:
+    the networks' stored integer buffers (one mapping for all, or one each; None: the module's own).
+    A built-in architecture whose hand-written batched forward `benchmarks/forward.py` measured faster
+    (`Architecture.probe_forward`: the MLP's) runs that one instead: the same outputs."""
+    a = get_architecture(arch)
+    if a.probe_forward and a.batched_forward is not None:
+        b = flat.shape[0]
+        params = {e.name: flat[:, e.offset:e.offset + e.numel].reshape(b, *e.shape) for e in layout.learned}
+        return a.batched_forward(params, probes.to(flat).unsqueeze(0).expand(b, *probes.shape), None)
+    return batched_forward(arch, kwargs, layout, flat, probes, buffers)
 
 
 def behaviour_kl_per_network(ref_logits: Tensor, logits: Tensor) -> Tensor:

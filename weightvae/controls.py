@@ -3,7 +3,7 @@
 Refining a network's code against its own outputs (`weightvae.refine`) distils the network into almost any
 subspace of a few hundred directions (Li et al. 2018, the intrinsic dimension of objective landscapes), so a
 codec's refined codes prove nothing by themselves. Two decoders with nothing learned give the bar, at the
-latent size of the run (`train.latent_dim`) and with the encode stage's refinement (steps, learning rate,
+latent size of the run (`train.latent_dim`, or `auto` with `train.compression`) and with the encode stage's refinement (steps, learning rate,
 probe inputs, seed):
 
 - `pca_refined`: the span of the train split's top principal directions around its mean, whitened (the linear
@@ -79,13 +79,15 @@ def controls(shards: str | Path, out: str | Path, train_p, encode_p, p: Controls
 
     from weightvae.data import ZooDataset
     from weightvae.refine import refine
-    from weightvae.train import build_module, functional_info
+    from weightvae.train import build_module, functional_info, latent_size
 
     t0 = time.perf_counter()
     layouts = json.loads((Path(shards) / "layouts.json").read_text())
     functional = functional_info(shards, layouts, log=log)
-    linear = replace(train_p, codec="linear", tensor_scales=False, function_code=0, encoder_probes=False)
-    metrics: dict[str, Any] = {"split": p.split, "latent_size": train_p.latent_dim,
+    k = latent_size(train_p, int(json.loads((Path(shards) / "manifest.json").read_text())["max_len"]))  # the run's
+    linear = replace(train_p, codec="linear", latent_dim=k, tensor_scales=False, function_code=0,
+                     encoder_probes=False)
+    metrics: dict[str, Any] = {"split": p.split, "latent_size": k,
                                "refine_steps": encode_p.refine_steps, "methods": {}}
     results: dict[str, dict[str, Any]] = {name: {"ids": [], "weights": []} for name in CONTROLS}
     kl: dict[str, list[tuple[float, float]]] = {name: [] for name in CONTROLS}
@@ -103,7 +105,7 @@ def controls(shards: str | Path, out: str | Path, train_p, encode_p, p: Controls
             model = build_module(linear, ds.max_len, [lid], 1, keys)
             if train_p.normalize:
                 model.set_normalization({lid: train_ds.normalization(lid)})
-            model = subspace_module(name.split("_")[0], train_x, train_p.latent_dim, model, p.seed)
+            model = subspace_module(name.split("_")[0], train_x, k, model, p.seed)
             with torch.no_grad():
                 z0 = model.net.encode(x).mode()
             codes, before, after = [], [], []
@@ -143,8 +145,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from weightvae.encode import EncodeParams
+    from weightvae.registry import register_params
     from weightvae.train import TrainParams
 
+    register_params(args.params)  # the user's architectures and tasks (`registry:`), before refinement runs them
     p = load_section(args.params, "controls", ControlsParams)
     train_p = load_section(args.params, "train", TrainParams)
     encode_p = load_section(args.params, "encode", EncodeParams)

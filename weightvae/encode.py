@@ -37,7 +37,7 @@ class EncodeParams:
     """`encode:` section of params.yaml."""
 
     splits: tuple[str, ...] = SPLITS  # reconstruct's KDE sampler needs train; probes need all three
-    refine_steps: int = 1600  # Adam steps on each code (0: the encoder's mean alone)
+    refine_steps: int = 200  # Adam steps on each code (0: the encoder's code alone)
     refine_lr: float = 0.1  # first learning rate of the cosine schedule
     probe_count: int | None = None  # the task's training inputs the function is matched on (None: all)
     probe_batch: int = 16  # probe inputs scored per step, visiting all of them in a seeded order
@@ -119,6 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from weightvae.registry import register_params
+
+    register_params(args.params)  # the user's architectures and tasks (`registry:`), before refinement runs them
     p = load_section(args.params, "encode", EncodeParams)
     m = encode(p, args.shards, args.model, args.out)
     write_json(args.metrics, m)
@@ -128,5 +131,5 @@ def run(args: argparse.Namespace) -> None:
     print(f"encode: {m['latent_size']} latent values per model; " + ", ".join(parts) + f" in {m['seconds']}s")
     kept = sorted({g for v in m["splits"].values() for g in v.get("unrefined_groups", [])})
     if kept and p.refine_steps:
-        print(f"encode: {', '.join(kept)}: not refined, weightvae cannot run the architecture (no batched forward); "
-              "these networks keep the encoder's code")
+        print(f"encode: {', '.join(kept)}: not refined, their architecture or task is not registered (registry: in "
+              "params.yaml; train said which); these networks keep the encoder's code")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from weightvae.layout import Layout
 from weightvae.params import StageError, load_section, require
 from weightvae.progress import Progress
 from weightvae.records import CONTROLS, POOL_FILE, file_name, load_control, pool_key
-from weightvae.registry import ENABLE_HINT, check_spec, register
+from weightvae.registry import ENABLE_HINT, register_params
 from weightvae.shards import open_shard
 from weightvae.tasks import TASKS, get_task
 
@@ -59,13 +59,8 @@ class EvaluateParams:
     split: str = "test"
     noise_amplitudes: tuple[float, ...] = (0.1, 0.5)
     seed: int = 0
-    architectures: dict[str, str] = field(default_factory=dict)  # name -> "module:builder" (weightvae.registry)
-    tasks: dict[str, str] = field(default_factory=dict)  # name -> "module:loader"
 
     def __post_init__(self) -> None:
-        for kind in ("architectures", "tasks"):
-            for name, spec in getattr(self, kind).items():
-                check_spec(f"evaluate.{kind}.{name}", spec)
         require(self.split in ("val", "test"), "evaluate.split", self.split, "choose val or test")
         require(all(a > 0 for a in self.noise_amplitudes), "evaluate.noise_amplitudes",
                 list(self.noise_amplitudes), "amplitudes must be > 0 (relative to each layer's std)")
@@ -468,8 +463,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    register_params(args.params)  # first: a registration still under `evaluate:` gets its one line
     p = load_section(args.params, "evaluate", EvaluateParams)
-    register(p.architectures, p.tasks)
     headline, df, plots = evaluate(p, args.shards, args.recon, args.latents, args.controls)  # an EvaluateError: one line
     write_outputs(headline, df, plots, args.metrics, args.table, args.plots, args.live_dir)
     no_function = [m for m in headline.get("skipped", []) if ": functional metrics skipped" in m]

@@ -152,7 +152,8 @@ class VAE(L.LightningModule):
         from weightvae.behaviour import flat_logits
 
         f, layout = self.functional[key], self._layouts[key]
-        return flat_logits(f["arch"], layout, self.denormalize(x, layout_ids)[:, : layout.length], probes)
+        return flat_logits(f["arch"], layout, self.denormalize(x, layout_ids)[:, : layout.length], probes,
+                           f.get("kwargs"), f.get("buffers"))
 
     def _cond(self, x: Tensor, layout_ids: Sequence[str],
               keys: Sequence[str]) -> tuple[Tensor | None, Tensor | None, Tensor]:

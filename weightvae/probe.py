@@ -435,6 +435,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from weightvae.registry import register_params
+
+    register_params(args.params)  # the user's architectures and tasks (`registry:`)
     p = load_section(args.params, "probe", ProbeParams)
     metrics, df, heat = probe(p, args.shards, args.latents)  # a ProbeError is one line (run_command)
     write_outputs(metrics, df, heat, args.metrics, args.table, args.plot)

@@ -210,6 +210,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from weightvae.registry import register_params
+
+    register_params(args.params)  # the user's architectures and tasks (`registry:`)
     p = load_section(args.params, "reconstruct", ReconstructParams)
     counts = reconstruct(p, args.shards, args.model, args.latents, args.out)  # a ReconstructError: one line
     print("reconstruct: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

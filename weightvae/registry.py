@@ -1,29 +1,35 @@
-"""User architectures and tasks, named in params.yaml by `module:callable` strings.
+"""User architectures and tasks, named once in params.yaml by `module:callable` strings and read by every stage.
 
-    evaluate:
+    registry:
       architectures: {mynet: "mypkg.nets:build_mynet"}   # build_mynet(**stored kwargs) -> nn.Module
       tasks: {mytask: "mypkg.data:load_mytask"}          # load_mytask() -> weightvae.tasks.TaskData
 
-`register` imports each callable and adds it to `weightvae.archs.ARCHITECTURES` /
+Each stage's `run()` calls `register_params(params file)` before it works. `register` imports each callable and adds it to `weightvae.archs.ARCHITECTURES` /
 `weightvae.tasks.TASKS`, so a model whose stored architecture is `mynet` and task `mytask` is
 rebuilt and run like a built-in one. Modules are imported as `python -m` would find them: the
 installed packages, then the working directory (the repository root under `dvc repro`). Built-in
 names cannot be replaced: stored accuracies of existing zoos refer to them.
+
+So that editing the user's module reruns what depends on it, its file goes into the `deps` of each stage that
+lists `registry` in its `params` (dvc.yaml); `undeclared_deps` says which are missing (tests/test_deps.py).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from weightvae.archs import ARCHITECTURES, Architecture
-from weightvae.params import ParamsError, require
+from weightvae.params import ParamsError, build, read_yaml, require
 from weightvae.tasks import TASKS, TaskData, get_task
 
 BUILTIN_ARCHITECTURES = frozenset(ARCHITECTURES)
@@ -32,8 +38,47 @@ BUILTIN_TASKS = frozenset(TASKS)
 #: How to get functional metrics for models of an unknown architecture or task (printed by evaluate).
 ENABLE_HINT = ("to enable them, name each model's task and architecture (model_properties in the zoo schema, "
                "`task` / `architecture` in a Model Zoos params.json) and register them in params.yaml: "
-               "evaluate.architectures: {NAME: 'module:builder'} (builder(**kwargs) -> nn.Module) and "
-               "evaluate.tasks: {NAME: 'module:loader'} (loader() -> weightvae.tasks.TaskData)")
+               "registry.architectures: {NAME: 'module:builder'} (builder(**kwargs) -> nn.Module) and "
+               "registry.tasks: {NAME: 'module:loader'} (loader() -> weightvae.tasks.TaskData)")
+
+SECTION = "registry"
+#: where the registration lived before it was read by every stage
+MOVED = {("evaluate", "architectures"): "registry.architectures", ("evaluate", "tasks"): "registry.tasks"}
+
+
+@dataclass(frozen=True)
+class RegistryParams:
+    """`registry:` section of params.yaml (top level): the user's architectures and tasks, for every stage."""
+
+    architectures: dict[str, str] = field(default_factory=dict)  # name -> "module:builder"
+    tasks: dict[str, str] = field(default_factory=dict)  # name -> "module:loader"
+
+    def __post_init__(self) -> None:
+        for kind in ("architectures", "tasks"):
+            for name, spec in getattr(self, kind).items():
+                check_spec(f"{SECTION}.{kind}.{name}", spec)
+
+
+def check_moved(data: Mapping[str, Any]) -> None:
+    """One line for a params file that still registers under `evaluate:`: where the keys went."""
+    for (section, key), new in MOVED.items():
+        if isinstance(data.get(section), Mapping) and key in data[section]:
+            raise ParamsError(f"{section}.{key}: moved to {new} (a top-level `{SECTION}:` section every stage reads); "
+                              f"move it there and delete {section}.{key}")
+
+
+def load_params(path: str | Path) -> RegistryParams:
+    """The params file's `registry:` section, checked (a registration left under `evaluate:` is named)."""
+    data = read_yaml(path)
+    check_moved(data)
+    return build(RegistryParams, data.get(SECTION), SECTION)
+
+
+def register_params(path: str | Path) -> RegistryParams:
+    """Register what the params file's `registry:` section names; every stage's `run()` calls this first."""
+    p = load_params(path)
+    register(p.architectures, p.tasks)
+    return p
 
 
 def check_spec(key: str, spec: str) -> None:
@@ -70,7 +115,7 @@ def resolve(key: str, spec: str) -> Callable[..., Any]:
     return obj
 
 
-def register(architectures: Mapping[str, str], tasks: Mapping[str, str], section: str = "evaluate") -> None:
+def register(architectures: Mapping[str, str], tasks: Mapping[str, str], section: str = SECTION) -> None:
     """Resolve every `module:callable` and add it to ARCHITECTURES / TASKS (idempotent)."""
     for name, spec in architectures.items():
         key = f"{section}.architectures.{name}"
@@ -107,3 +152,42 @@ def _checked_loader(key: str, spec: str, load: Callable[[], Any]) -> Callable[[]
         return data
 
     return checked
+
+
+def module_file(spec: str, root: str | Path) -> str | None:
+    """The file of `spec`'s module relative to `root` (posix), if it lies inside `root`; None for an installed
+    package (editing it is an install, not a change DVC tracks) or a module not found. Imports nothing but the
+    module's parent packages."""
+    root = Path(root).resolve()
+    module = spec.partition(":")[0]
+    added = str(root) not in sys.path
+    if added:
+        sys.path.insert(0, str(root))
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    finally:
+        if added:
+            sys.path.remove(str(root))
+    origin = Path(found.origin).resolve() if found is not None and found.origin else None
+    if origin is None or not origin.is_relative_to(root):
+        return None
+    return origin.relative_to(root).as_posix()
+
+
+def undeclared_deps(stages: Mapping[str, Mapping[str, Any]], registry: RegistryParams,
+                    root: str | Path) -> list[str]:
+    """One line per (stage, user module) where a stage that reads `registry` (it lists it in its dvc.yaml
+    `params`) does not list the registered module's file (inside `root`) in its `deps`."""
+    files = sorted({f for spec in [*registry.architectures.values(), *registry.tasks.values()]
+                    if (f := module_file(spec, root)) is not None})
+    out = []
+    for name, stage in sorted(stages.items()):
+        params = {str(x) for x in stage.get("params", []) if isinstance(x, str)}
+        if SECTION not in params:
+            continue
+        deps = {str(d).rstrip("/") for d in stage.get("deps", [])}
+        out += [f"stage {name!r} reads `{SECTION}` but its deps lack {f}: add it to dvc.yaml" for f in files
+                if f not in deps]
+    return out

@@ -12,7 +12,9 @@ state_dict) at `--out`, Lightning's own checkpoints (best and last, for `resume`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +38,9 @@ class TrainParams:
     """`train:` section of params.yaml; the defaults are params.yaml's (a test keeps them equal)."""
 
     codec: Literal["function", "linear", "conv", "chunk"] = "function"
-    latent_dim: int = 107  # flat latent values per model (function and linear codecs, or conv with latent: flat)
+    latent_dim: int | Literal["auto"] = "auto"  # flat latent values per model (function and linear codecs, or conv
+    # with latent: flat); auto: the longest layout's learned weights / `compression`, rounded down (`latent_size`)
+    compression: float = 16.0  # latent_dim: auto only: weights per latent value (1,706 / 16.0 -> 106)
     hidden: int = 1024  # function codec: width of its encoder's and decoder's hidden layers
     chunk_size: int = 64  # chunk codec: values per chunk of a learned tensor
     chunk_latent: int = 16  # chunk codec: latent values per chunk
@@ -80,8 +84,12 @@ class TrainParams:
                 list(self.channels), "need one or more positive channel counts, one per level")
         require(self.codec in ("function", "linear", "conv", "chunk"), "train.codec", self.codec,
                 "choose function, linear, conv or chunk")
-        for key in ("blocks_per_level", "latent_dim", "latent_channels", "batch_size", "max_epochs", "chunk_size",
-                    "chunk_latent", "hidden"):
+        require(self.latent_dim == "auto" or isinstance(self.latent_dim, int), "train.latent_dim", self.latent_dim,
+                "need 'auto' (weights / train.compression) or a count >= 1")
+        require(self.compression > 0, "train.compression", self.compression,
+                "need > 0 (weights per latent value; 16.0: a code 16x smaller than the network)")
+        for key in ("blocks_per_level", *(("latent_dim",) if self.latent_dim != "auto" else ()), "latent_channels",
+                    "batch_size", "max_epochs", "chunk_size", "chunk_latent", "hidden"):
             require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "need >= 1")
         require(self.probe_count >= 1, "train.probe_count", self.probe_count, "need >= 1")
         for key in ("kl_weight", "input_noise", "latent_noise", "weight_decay", "num_workers", "behaviour_weight",
@@ -110,7 +118,7 @@ class TrainParams:
         require(not (self.function_code and self.encoder_probes), "train.function_code", self.function_code,
                 "the function code and train.encoder_probes both give the encoder the network's outputs: "
                 "set encoder_probes: false with it")
-        require(self.latent_dim > self.function_code, "train.latent_dim", self.latent_dim,
+        require(self.latent_dim == "auto" or self.latent_dim > self.function_code, "train.latent_dim", self.latent_dim,
                 f"the latent holds the {self.function_code} values of train.function_code plus the code: "
                 f"need > {self.function_code}")
         require(self.scale_groups in ("tensor", "unit"), "train.scale_groups", self.scale_groups, "choose tensor or unit")
@@ -137,19 +145,43 @@ class TrainParams:
                 "choose 'auto', 'ddp', 'ddp_spawn' or another of Lightning's registered strategies")
 
 
+def latent_size(p: TrainParams, length: int) -> int:
+    """The latent values per model: `train.latent_dim`, or with `auto` the `length` learned weights (the longest
+    layout's) / `train.compression`, rounded down so the code is at least that many times smaller (1,706 / 4.0 =
+    426.5 -> 426), and at least 1."""
+    if p.latent_dim != "auto":
+        return int(p.latent_dim)
+    return max(1, math.floor(length / p.compression + 1e-9))  # 1e-9: 3 / 0.3 = 9.999999999999998 is 10
+
+
+def resolve_latent(p: TrainParams, length: int, log: Callable[[str], None] | None = None) -> TrainParams:
+    """`p` with `latent_dim` a count (`latent_size`); `log` gets one line saying what `auto` chose."""
+    if p.latent_dim != "auto":
+        return p
+    n = latent_size(p, length)
+    flat = p.codec in ("linear", "function") or p.codec == "conv" and p.latent == "flat"  # the codecs it sizes
+    if log is not None and flat:
+        log(f"train: latent_dim auto: {n} latent values for the longest layout's {length:,} learned weights "
+            f"(train.compression {p.compression:g}: {length / n:.2f}x)")
+    return dataclasses.replace(p, latent_dim=n)
+
+
 def functional_info(shards: str | Path, layouts: dict[str, Any],
                     log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """`task/layout_id` -> {"arch", "kwargs", "task", "layout"} for every (task, layout) whose
-    networks weightvae can run (a built-in architecture with a batched forward, and a known task).
-    The behavioural term, the function-aware encoder and latent refinement need this; each group left
-    out gets one line through `log` saying why, so none of them is silently off."""
+    """`task/layout_id` -> {"arch", "kwargs", "task", "layout"[, "buffers"]} for every (task, layout) whose
+    networks weightvae can run: a built-in or registered architecture (`registry:` in params.yaml) on a built-in
+    or registered task; any `nn.Module` runs through `weightvae.functional`. The behavioural term, the
+    function-aware encoder and latent refinement need this; each group left out gets one line through `log`
+    saying why, so none of them is silently off. `buffers`: the integer buffers (BatchNorm's
+    `num_batches_tracked`) of the group's first network, only where the layout has some."""
     import pandas as pd
 
     from weightvae.archs import ARCHITECTURES
     from weightvae.model import function_key
+    from weightvae.registry import ENABLE_HINT
     from weightvae.tasks import TASKS
 
-    columns = ["layout_id", "architecture", "arch_kwargs", "task"]
+    columns = ["layout_id", "architecture", "arch_kwargs", "task", "buffers"]
     table = pd.read_parquet(Path(shards) / "models.parquet", columns=columns)
     out = {}
     for (task, lid), rows in table.groupby(["task", "layout_id"], sort=True):
@@ -157,18 +189,22 @@ def functional_info(shards: str | Path, layouts: dict[str, Any],
         why = None
         if rows.architecture.nunique() > 1:
             why = f"architectures {sorted(rows.architecture.unique())} share its layout"
+        elif arch not in ARCHITECTURES and task not in TASKS:
+            why = f"task {task!r} and architecture {arch!r} are not registered ({ENABLE_HINT})"
         elif arch not in ARCHITECTURES:
-            why = f"architecture {arch!r} is not built in"
-        elif ARCHITECTURES[arch].batched_forward is None:
-            why = f"architecture {arch!r} has no batched forward"
+            why = f"architecture {arch!r} is not registered ({ENABLE_HINT})"
         elif task not in TASKS:
-            why = f"task {task!r} is not built in"
+            why = f"task {task!r} is not registered ({ENABLE_HINT})"
         if why:
             log(f"train: behavioural term, function-aware encoder and latent refinement off for {task}/{arch} "
                 f"(layout {lid}): {why}; its networks train on the weight loss alone and keep the encoder's codes")
             continue
-        out[function_key(task, lid)] = {"arch": arch, "kwargs": json.loads(rows.arch_kwargs.iloc[0] or "{}"),
-                                        "task": task, "layout": layouts[lid]}
+        info = {"arch": arch, "kwargs": json.loads(rows.arch_kwargs.iloc[0] or "{}"), "task": task,
+                "layout": layouts[lid]}
+        buffers = json.loads(rows.buffers.iloc[0] or "{}")
+        if buffers:
+            info["buffers"] = buffers
+        out[function_key(task, lid)] = info
     return out
 
 
@@ -181,6 +217,7 @@ def build_module(p: TrainParams, max_len: int, layout_ids: list[str], n_layers: 
     from weightvae.nets import VAEConfig, vae_kwargs
     from weightvae.tasks import get_task
 
+    p = resolve_latent(p, max_len)  # callers outside `train` may pass latent_dim: auto (train resolves it first)
     # the network's outputs on the probes, flat: what encoder_probes feeds the encoder, what function_code codes
     signature = p.probe_count * max(get_task(f["task"]).num_classes for f in functional.values()) if functional else 0
     cond_dim = signature if p.encoder_probes or p.codec == "function" else 0
@@ -219,6 +256,7 @@ def tensor_sizes(layouts: dict[str, Any], p: TrainParams) -> tuple[tuple[int, ..
     """For the chunk codec: numel of every learned tensor of the layouts (sorted by id), one layout after the
     other, and the number of tensors of each (one layout: `()`, as before joint zoos). The linear codec with
     `tensor_scales`: its one layout's scale groups (`scale_group_sizes`). Other codecs: `((), ())`."""
+    p = resolve_latent(p, max((lay["length"] for lay in layouts.values()), default=1))
     if p.codec == "linear" and p.tensor_scales:
         require(len(layouts) == 1, "train.tensor_scales", True,
                 f"these shards hold {len(layouts)} layouts and the linear codec pads them to one length, so a "
@@ -316,6 +354,7 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     ds = dm.train_dataset
     layouts = json.loads((Path(shards) / "layouts.json").read_text())
     layout_ids = sorted(layouts)
+    p = resolve_latent(p, max(lay["length"] for lay in layouts.values()), log=print)
     sizes = tensor_sizes(layouts, p)
     # layer ids: per layout for whole vectors; the chunk codec numbers every layout's tensors in a row
     n_layers = len(sizes[0]) or max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
@@ -348,6 +387,7 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
         )
         trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["latent_dim"] = float(p.latent_dim)  # the chosen size (also in the export's config: vae.latent_dim)
     if trainer.is_global_zero:
         # Lightning's checkpoints carry paths and loop state; the export carries only what defines the model.
         blob = torch.load(ckpt_dir / f"{best_name}.ckpt", map_location="cpu", weights_only=True)
@@ -408,6 +448,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from weightvae.registry import register_params
+
+    register_params(args.params)  # the user's architectures and tasks (`registry:`), before anything runs them
     p = load_section(args.params, "train", TrainParams)
     metrics = train(p, args.shards, args.out, args.ckpt_dir, args.live_dir)
     print("train: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))

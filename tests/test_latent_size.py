@@ -1,0 +1,39 @@
+"""`train.latent_dim: auto`: the code's size follows the network (`train.compression` weights per latent value)."""
+
+import pytest
+
+from weightvae.params import ParamsError, build
+from weightvae.train import TrainParams, build_module, latent_size, resolve_latent
+
+
+@pytest.mark.parametrize("params, length, expected", [
+    ({}, 1706, 426),  # the default zoo: 1,706 / 4.0 = 426.5, rounded down, as the fixed 426 before
+    ({}, 830, 207),  # 830 / 4 = 207.5
+    ({"compression": 20.0}, 590, 29),  # 29.5
+    ({"compression": 0.3}, 3, 10),  # 3 / 0.3 = 9.999999999999998 in floats: still 10
+    ({"compression": 1.0}, 275, 275),
+    ({"compression": 1e6}, 275, 1),  # never 0
+    ({"latent_dim": 100}, 1706, 100),  # an explicit count stays possible
+])
+def test_latent_size(params, length, expected):
+    assert latent_size(build(TrainParams, params, "train"), length) == expected
+
+
+def test_auto_is_the_default_and_gives_the_default_zoo_its_426_values():
+    assert TrainParams().latent_dim == "auto" and TrainParams().compression == 4.0
+    lines = []
+    p = resolve_latent(TrainParams(accelerator="cpu"), 1706, log=lines.append)
+    assert p.latent_dim == 426 and lines == [
+        ("train: latent_dim auto: 426 latent values for the longest layout's 1,706 learned weights "
+         "(train.compression 4: 4.00x)")]
+    assert build_module(TrainParams(accelerator="cpu"), 1706, ["a"], 4).cfg.latent_dim == 426
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"latent_dim": "big"}, "train.latent_dim: 'big' is not allowed; expected"),
+    ({"latent_dim": 0}, "train.latent_dim: 0 is not allowed; need >= 1"),
+    ({"compression": 0}, "train.compression: 0.0 is not allowed; need > 0"),
+])
+def test_bad_sizes_are_named(params, message):
+    with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build(TrainParams, params, "train")
