@@ -1,6 +1,6 @@
 """The rate-fidelity frontier: agreement and fidelity gain against the code size, VAE vs PCA of the same size.
 
-    python benchmarks/frontier.py [--run] [--ratios 1 2 4 8 16 32] [--out metrics/frontier]
+    python benchmarks/frontier.py [--run] [--ratios 1 2 4 8 16 32 64] [--out metrics/frontier]
 
 Each point is a DVC experiment of this repository,
 
@@ -72,7 +72,8 @@ def _experiments(shown) -> dict[str, dict]:
 def _point(name: str, m: dict) -> dict:
     row = {"experiment": name, "latent_size": m.get("latent_size"), "compression": m.get("compression_ratio"),
            "fidelity_gain_vs_oracle": m.get("fidelity_gain_vs_oracle")}
-    for method in ("vae", "pca", "oracle_train", "random_train", "nearest_train"):
+    for method in ("vae", "vae_encoder", "pca_refined", "random_refined", "pca", "oracle_train", "random_train",
+                   "nearest_train"):
         row[method] = {k: m.get(method, {}).get(k) for k in ("agreement", "retention", "r2", "r2_layer_mean")}
     pca, oracle = m.get("pca", {}).get("agreement"), m.get("oracle_train", {}).get("agreement")
     if pca is not None and oracle is not None:  # the pca's fidelity gain vs the oracle, from its mean agreement
@@ -93,6 +94,10 @@ def plot(rows: list[dict], path: Path) -> None:
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax1.plot(x, [r["vae"]["agreement"] for r in rows], "o-", label="VAE (refined codes)")
     ax1.plot(x, [r["pca"]["agreement"] for r in rows], "s--", label="PCA, same size")
+    for name, style, label in (("vae_encoder", "o:", "encoder alone"), ("pca_refined", "^--", "PCA + refinement"),
+                               ("random_refined", "v--", "random subspace + refinement")):
+        if all(r[name]["agreement"] is not None for r in rows):  # points run before the controls lack them
+            ax1.plot(x, [r[name]["agreement"] for r in rows], style, label=label)
     for name, style in (("oracle_train", ":"), ("random_train", "-."), ("nearest_train", "--")):
         ax1.axhline(rows[0][name]["agreement"], color="0.4", ls=style, lw=1, label=f"substitute: {name}")
     ax1.set(xscale="log", xlabel="compression (learned weights / latent values)", ylabel="agreement with the original",
@@ -124,7 +129,7 @@ def _collect(names: dict[str, int]) -> dict[str, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="store_true", help="run the missing experiments first")
-    ap.add_argument("--ratios", type=float, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--weights", type=int, default=1706, help="learned weights per model (default CNN: 1706)")
     ap.add_argument("--out", default="metrics/frontier", help="output stem: <out>.json and <out>.png")
     args = ap.parse_args()

@@ -1,6 +1,7 @@
 """Agreement against refinement steps: the trained codec (from its encoder's code) and the two controls.
 
     python benchmarks/refine_steps.py [--steps 0 50 200 800 1600] [--models 128] > metrics/refine_steps.json
+    python benchmarks/refine_steps.py --tiny     # a smoke run: a 20-run zoo, a codec trained one epoch
 
 On a seeded subset of the test split, each network's code is refined with the encode stage's refinement (its
 learning rate, probe inputs and seed from params.yaml) for each step count, from the trained codec's encoder
@@ -25,7 +26,7 @@ pin()
 
 import torch  # noqa: E402
 
-from weightvae.controls import subspace_module  # noqa: E402
+from weightvae.controls import linear_params, subspace_module  # noqa: E402
 from weightvae.data import ZooDataModule, ZooDataset  # noqa: E402
 from weightvae.encode import EncodeParams  # noqa: E402
 from weightvae.model import VAE  # noqa: E402
@@ -53,12 +54,46 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[0, 50, 200, 800, 1600])
     ap.add_argument("--models", type=int, default=128, help="seeded subset of the test split")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tiny", action="store_true", help="smoke run on a tiny zoo in a temporary folder")
     args = ap.parse_args()
+    if args.tiny:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            args.shards, args.model = tiny(Path(tmp), args.params)
+            args.steps, args.models = [0, 2], 4
+            return run(args)
+    return run(args)
+
+
+def tiny(root: Path, params: str) -> tuple[Path, Path]:
+    """A 20-run, 2-epoch CNN zoo ingested, and the default codec (at a small width) trained on it for one epoch."""
+    import os
+
+    from weightvae.ingest import IngestParams, ingest
+    from weightvae.train import train
+    from weightvae.zoo import ZooParams, build_zoo
+
+    build_zoo(ZooParams(architectures={"cnn": 20}, epochs=2, save_epochs=(1, 2), group_size=20), root / "weights",
+              log=lambda *_: None)
+    ingest(IngestParams(zoo_dir=str(root / "weights"), workers=1), root / "shards", log=lambda *_: None)
+    p = replace(load_section(params, "train", TrainParams), hidden=32, max_epochs=1, batch_size=16,
+                accelerator="cpu")
+    cwd = os.getcwd()
+    os.chdir(root)  # DVCLive must not find this repository's dvc.yaml
+    try:
+        train(p, root / "shards", root / "vae.ckpt", root / "lightning", root / "live")
+    finally:
+        os.chdir(cwd)
+    return root / "shards", root / "vae.ckpt"
+
+
+def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     enc = load_section(args.params, "encode", EncodeParams)
     train_p = load_section(args.params, "train", TrainParams)
     model = VAE.from_export(args.model)
-    (lid,) = model.layout_ids  # one layout: the default zoo
+    (lid,) = model.layout_ids  # one layout, as the default zoo
     test = ZooDataset(args.shards, "test", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[:args.models].sort().values
     batch = ZooDataModule.loader(torch.utils.data.Subset(test, pick.tolist()), batch_size=len(pick))
@@ -70,7 +105,7 @@ def main() -> None:
         starts = {"vae": (model, model.encode(batch).mode())}
     train = ZooDataset(args.shards, "train", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
     train_x = torch.stack([train.vector(i) for i in range(len(train))])
-    linear = replace(train_p, codec="linear", tensor_scales=False, function_code=0, encoder_probes=False)
+    linear = linear_params(train_p, model.latent_size())
     for kind in ("pca", "random"):
         c = build_module(linear, model.cfg.max_len, [lid], 1, model.functional)
         c.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith("norm_")}, strict=False)

@@ -42,7 +42,7 @@ def setup(params: str, preset: str, shards: str):
 
     from weightvae.data import ZooDataset
     from weightvae.params import load_section
-    from weightvae.train import TrainParams, initial_module
+    from weightvae.train import TrainParams, functional_info, initial_module
 
     p = load_section(params, "train", TrainParams)
     if preset == "d2nwg":  # the seed's AutoencoderKL: a conv codec
@@ -53,7 +53,8 @@ def setup(params: str, preset: str, shards: str):
     layouts = json.loads((Path(shards) / "layouts.json").read_text())
     layout_ids = sorted(layouts)
     n_layers = max(sum(e["learned"] for e in lay["entries"]) for lay in layouts.values())
-    return p, initial_module(p, train_ds, layout_ids, n_layers), train_ds, val_ds
+    functional = functional_info(shards, layouts, log=lambda *_: None)  # what the behavioural term runs
+    return p, initial_module(p, train_ds, layout_ids, n_layers, functional), train_ds, val_ds
 
 
 def fit_steps(model, train_ds, batch: int, steps: int, warmup: int, seed: int) -> float:

@@ -23,6 +23,7 @@ SMOKE = {
     "function_code.py": ["--tiny"],
     "forward.py": ["--networks", "4", "--probes", "8", "--repeats", "1", "--shards", "no-such-folder"],
     "user_zoos.py": ["--tiny"],
+    "refine_steps.py": ["--tiny"],
 }
 
 
@@ -73,6 +74,38 @@ def _probe_features(out):
 
 
 #: what each smoke run must print, computed by hand from its arguments (no timing is asserted)
+def _forward(out: dict) -> bool:
+    """Both built-ins, at the sizes asked for; the generic forward gives the hand-written one's logits; each
+    ratio is generic / hand-written networks per second."""
+    for arch in ("cnn", "mlp"):
+        r = out["results"][arch]
+        assert (r["networks"], r["probes"]) == (4, 8) and r["max_abs_logit_diff"] < 1e-5
+        for kind in ("forward", "forward_backward"):
+            ratio = r["generic"][f"{kind}_networks_per_s"] / r["hand_written"][f"{kind}_networks_per_s"]
+            assert r[f"ratio_{kind}"] == pytest.approx(ratio, rel=0.01, abs=0.002)
+    return out["encode"].startswith("skipped")
+
+
+def _user_zoos(out: dict) -> bool:
+    """Both user zoos (architectures weightvae does not build in) went through the pipeline: their figures, each
+    pass the figure against its bar, and `all_pass` their conjunction."""
+    assert out["tiny"] is True and sorted(out["results"]) == ["gelu_cnn", "tab_mlp"]
+    for r in out["results"].values():
+        f = r["figures"]
+        assert f["compression_ratio"] == pytest.approx(f["learned_weights"] / f["latent_size"])
+        assert r["passes"]["compression >= 4"] == (f["compression_ratio"] >= 4)
+        assert r["all_pass"] == all(r["passes"].values())
+    return True
+
+
+def _refine_steps(out: dict) -> bool:
+    """Two step counts, three codecs, agreements in [0, 1]; with no step the controls' agreement is their
+    projection's, so more steps never leave it below that by much (the tiny codec is near chance anyway)."""
+    assert out["steps"] == [0, 2] and out["models"] == 4 and set(out["agreement"]) == {"vae", "pca_refined",
+                                                                                          "random_refined"}
+    return all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in out["agreement"].values())
+
+
 CHECKS = {
     "ingest.py": lambda out: [(e["workers_1"]["models"], e["workers_2"]["models"], e["loader"]["batch_size"])
                               for e in out["sizes"].values()] == [(20, 20, 64)],
@@ -86,10 +119,14 @@ CHECKS = {
     "scale.py": _scale,
     "probe_features.py": _probe_features,
     "function_code.py": lambda out: (out["split"], out["function_code"], out["measured_statistics"]) == ("test", 4, 0),
+    "forward.py": _forward,
+    "user_zoos.py": _user_zoos,
+    "refine_steps.py": _refine_steps,
 }
 
 
 def test_every_benchmark_has_a_smoke_run_and_a_check():
+    """Every script in benchmarks/ has a smoke run and a check of its output."""
     assert sorted(SMOKE) == sorted(CHECKS) == sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 
 

@@ -20,7 +20,7 @@ from weightvae import checkrepro
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-STAGES = ["zoo", "ingest", "train", "encode", "reconstruct", "evaluate", "probe"]
+STAGES = ["zoo", "ingest", "train", "encode", "controls", "reconstruct", "evaluate", "probe"]
 TINY = {
     "zoo": {"architectures": {"cnn": 24}, "epochs": 1, "save_epochs": [1], "group_size": 24},
     "train": {"latent_dim": 8, "max_epochs": 1, "batch_size": 16, "probe_count": 16},
@@ -100,7 +100,7 @@ def test_a_changed_hash_in_the_lock_is_reported_and_fails(planted):
     assert "reconstruct: DIFFERS" in out.stdout
     for stage in ("zoo", "ingest", "train", "evaluate"):
         assert f"{stage}: match" in out.stdout
-    assert "1 of 7 stages differ from dvc.lock" in out.stdout
+    assert "1 of 8 stages differ from dvc.lock" in out.stdout
     # wall times differ from run to run (planted here) and are reported apart, never as a mismatch
     assert "match (wall times differ only)" in next(line for line in out.stdout.splitlines() if "zoo.json" in line)
     assert "changed since dvc.lock" not in out.stdout  # same code and params: a real difference, not an expected one
@@ -131,7 +131,7 @@ def test_a_changed_committed_metric_is_reported_with_its_difference(planted, loc
     assert diff.change == pytest.approx(0.25)
     text = checkrepro.format_report(checkrepro.Report(list(stages.values()), scratch))
     assert "metrics/eval.json vae.agreement:" in text and "(+0.25)" in text
-    assert "1 of 7 stages differ from dvc.lock" in text
+    assert "1 of 8 stages differ from dvc.lock" in text
 
 
 def test_refuses_a_clone_without_a_lock_and_a_busy_scratch(tmp_path):

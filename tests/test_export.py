@@ -62,13 +62,14 @@ def run(tmp_path_factory):
 
 
 def _networks(recon: Path) -> list[Path]:
-    return sorted(p for d in ("val", "test", "samples") for p in (recon / d).glob("*.pt"))
+    return sorted(p for d in ("val", "test", "samples", "encoder/val", "encoder/test") for p in (recon / d).glob("*.pt"))
 
 
 def test_reconstruct_writes_every_network_also_as_safetensors(run):
     pts = _networks(run["recon"])
     held_out = int(run["table"].split.isin(["val", "test"]).sum())
-    assert len(pts) == len(list(run["recon"].rglob("*.safetensors"))) == held_out + 2 * 2  # 2 samples x (cnn, mlp)
+    # each held-out network twice (from its refined code and from the encoder's), 2 samples x (cnn, mlp)
+    assert len(pts) == len(list(run["recon"].rglob("*.safetensors"))) == 2 * held_out + 2 * 2
     for pt in pts:
         rec = torch.load(pt, weights_only=True)
         props = rec["model_properties"]
@@ -228,12 +229,13 @@ def test_export_errors_are_one_line_and_write_nothing(run, tmp_path, capsys):
 
 def test_reconstruct_and_evaluate_print_one_progress_line_each_off_a_terminal(run):
     table, lines = run["table"], run["log"].splitlines()
-    n = int(table.split.isin(["val", "test"]).sum()) + 2 * 2
+    n = 2 * int(table.split.isin(["val", "test"]).sum()) + 2 * 2  # refined and encoder codes, samples
     assert [line for line in lines if line.startswith("reconstruct: ")] == [
         next(line for line in lines if re.fullmatch(rf"reconstruct: {n}/{n} networks in [\d.]+s \([\d.]+ networks/s\)",
                                                     line))]
-    # each test model x 8 methods (vae, pca, mean, noise_0.1, noise_0.5, random_train, nearest_train, oracle_train)
-    n = 8 * int((table.split == "test").sum())
+    # each test model x 9 methods (vae, vae_encoder, pca, mean, noise_0.1, noise_0.5, random_train, nearest_train,
+    # oracle_train)
+    n = 9 * int((table.split == "test").sum())
     assert [line for line in lines if line.startswith("evaluate: ")] == [
         next(line for line in lines if re.fullmatch(rf"evaluate: {n}/{n} networks in [\d.]+s \([\d.]+ networks/s\)",
                                                     line))]

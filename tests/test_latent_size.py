@@ -7,8 +7,9 @@ from weightvae.train import TrainParams, build_module, latent_size, resolve_late
 
 
 @pytest.mark.parametrize("params, length, expected", [
-    ({}, 1706, 426),  # the default zoo: 1,706 / 4.0 = 426.5, rounded down, as the fixed 426 before
-    ({}, 830, 207),  # 830 / 4 = 207.5
+    ({}, 1706, 106),  # the default zoo: 1,706 / 16.0 = 106.6, rounded down: 16.09x
+    ({}, 830, 51),  # 830 / 16 = 51.9
+    ({"compression": 4.0}, 1706, 426),  # 426.5: the linear codec's 426 values
     ({"compression": 20.0}, 590, 29),  # 29.5
     ({"compression": 0.3}, 3, 10),  # 3 / 0.3 = 9.999999999999998 in floats: still 10
     ({"compression": 1.0}, 275, 275),
@@ -19,14 +20,14 @@ def test_latent_size(params, length, expected):
     assert latent_size(build(TrainParams, params, "train"), length) == expected
 
 
-def test_auto_is_the_default_and_gives_the_default_zoo_its_426_values():
-    assert TrainParams().latent_dim == "auto" and TrainParams().compression == 4.0
+def test_auto_is_the_default_and_gives_the_default_zoo_its_106_values():
+    assert TrainParams().latent_dim == "auto" and TrainParams().compression == 16.0
     lines = []
     p = resolve_latent(TrainParams(accelerator="cpu"), 1706, log=lines.append)
-    assert p.latent_dim == 426 and lines == [
-        ("train: latent_dim auto: 426 latent values for the longest layout's 1,706 learned weights "
-         "(train.compression 4: 4.00x)")]
-    assert build_module(TrainParams(accelerator="cpu"), 1706, ["a"], 4).cfg.latent_dim == 426
+    assert p.latent_dim == 106 and lines == [
+        ("train: latent_dim auto: 106 latent values for the longest layout's 1,706 learned weights "
+         "(train.compression 16: 16.09x)")]
+    assert build_module(TrainParams(codec="linear", accelerator="cpu"), 1706, ["a"], 4).cfg.latent_dim == 106
 
 
 @pytest.mark.parametrize("params, message", [

@@ -52,6 +52,15 @@ def random_orthonormal(length: int, k: int, seed: int) -> torch.Tensor:
     return (q * torch.sign(torch.diagonal(r))).T  # the sign fix makes the basis a function of the draw alone
 
 
+def linear_params(train_p, latent_dim: int):
+    """The run's train params as a plain linear codec of `latent_dim` values (the template the controls' subspaces
+    are written into): its normalisation and probes, none of its codec's own options."""
+    from dataclasses import replace
+
+    return replace(train_p, codec="linear", latent_dim=latent_dim, window=None, preset="small", tensor_scales=False,
+                   scale_groups="tensor", function_code=0, encoder_probes=False)
+
+
 def subspace_module(kind: str, train_x: torch.Tensor, latent_dim: int, template, seed: int):
     """A linear codec (`template`: a VAE module of `codec: linear` with its normalisation and `functional` set)
     whose decoder is the control's subspace and whose encoder is the projection onto it: `pca` (whitened PCA of
@@ -75,8 +84,6 @@ def subspace_module(kind: str, train_x: torch.Tensor, latent_dim: int, template,
 def controls(shards: str | Path, out: str | Path, train_p, encode_p, p: ControlsParams,
              log=print) -> dict[str, Any]:
     """Refine every network of `p.split` in each control's subspace; write `<out>/<name>.pt`; returns metrics."""
-    from dataclasses import replace
-
     from weightvae.data import ZooDataset
     from weightvae.refine import refine
     from weightvae.train import build_module, functional_info, latent_size
@@ -85,8 +92,7 @@ def controls(shards: str | Path, out: str | Path, train_p, encode_p, p: Controls
     layouts = json.loads((Path(shards) / "layouts.json").read_text())
     functional = functional_info(shards, layouts, log=log)
     k = latent_size(train_p, int(json.loads((Path(shards) / "manifest.json").read_text())["max_len"]))  # the run's
-    linear = replace(train_p, codec="linear", latent_dim=k, tensor_scales=False, function_code=0,
-                     encoder_probes=False)
+    linear = linear_params(train_p, k)
     metrics: dict[str, Any] = {"split": p.split, "latent_size": k,
                                "refine_steps": encode_p.refine_steps, "methods": {}}
     results: dict[str, dict[str, Any]] = {name: {"ids": [], "weights": []} for name in CONTROLS}

@@ -465,7 +465,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     register_params(args.params)  # first: a registration still under `evaluate:` gets its one line
     p = load_section(args.params, "evaluate", EvaluateParams)
-    headline, df, plots = evaluate(p, args.shards, args.recon, args.latents, args.controls)  # an EvaluateError: one line
+    headline, df, plots = evaluate(p, args.shards, args.recon, args.latents,
+                                   getattr(args, "controls", None))  # an EvaluateError: one line
     write_outputs(headline, df, plots, args.metrics, args.table, args.plots, args.live_dir)
     no_function = [m for m in headline.get("skipped", []) if ": functional metrics skipped" in m]
     for msg in headline.get("skipped", []):

@@ -347,7 +347,7 @@ class VAE(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         c = self.loss_cfg
         opt = torch.optim.AdamW(self.parameters(), lr=c.learning_rate, betas=c.betas, weight_decay=c.weight_decay)
-        if c.lr_schedule == "constant":
+        if c.lr_schedule == "constant" or self._trainer is None:  # no Trainer (a benchmark's loop): no schedule
             return opt
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, c.learning_rate, pct_start=0.05, anneal_strategy="cos",
                                                     total_steps=max(int(self.trainer.estimated_stepping_batches), 1))
