@@ -32,7 +32,7 @@ SMOKE = {
 def _frontier(out):
     """Every experiment of the default ratios is a point or missing; a point's latent is 1,706 weights / its ratio
     and its PCA fidelity gain is 1 - (1 - PCA's agreement) / (1 - the oracle's)."""
-    names = {f"frontier-{r}x" for r in (1, 2, 4, 8, 16, 32)}
+    names = {f"frontier-{r}x" for r in (1, 2, 4, 8, 16, 32, 64)}
     points = {p["experiment"]: p for p in out["points"]}
     assert set(points) | set(out["missing"]) == names and not set(points) & set(out["missing"])
     for name, p in points.items():
