@@ -1,8 +1,10 @@
-"""The networks of the weight VAE: encoders and decoders over flat, standardised weight vectors.
+"""The codecs: encoders and decoders over flat, standardised weight vectors.
 
 Everything enters and leaves as flat `[B, L]` (L = the longest layout, shorter ones zero-padded; the chunk
 codec on several layouts: each layout's own length); the posterior is a `DiagonalGaussian` over
-`[B, *latent_shape]`. Three codecs (`ChunkVAE`, `codec: chunk`, is described at its class):
+`[B, *latent_shape]` (a point for the function codec). Four codecs; `FunctionAutoencoder` (`codec: function`,
+the default, an autoencoder trained through the networks' function) and `ChunkVAE` (`codec: chunk`) are
+described at their classes, the two others here:
 
 `LinearVAE` (`codec: linear`): an affine map each way between the weights and a flat latent, started
 as whitened PCA of the training weights, so at step 0 the code is the top `latent_dim` principal
