@@ -11,8 +11,8 @@ import torch
 
 from weightvae.data import ZooDataModule, ZooDataset
 from weightvae.encode import EncodeParams, encode
-from weightvae.latents import read_latents
 from weightvae.ingest import IngestParams, ingest
+from weightvae.latents import read_latents
 from weightvae.model import VAE
 from weightvae.nets import FunctionAutoencoder, VAEConfig, whitened_pca
 from weightvae.params import ParamsError

@@ -3,8 +3,8 @@
 Refining a network's code against its own outputs (`weightvae.refine`) distils the network into almost any
 subspace of a few hundred directions (Li et al. 2018, the intrinsic dimension of objective landscapes), so a
 codec's refined codes prove nothing by themselves. Two decoders with nothing learned give the bar, at the
-latent size of the run (`train.latent_dim`, or `auto` with `train.compression`) and with the encode stage's refinement (steps, learning rate,
-probe inputs, seed):
+latent size of the run (`train.latent_dim`, or `auto` with `train.compression`) and with the encode stage's
+refinement (steps, learning rate, probe inputs, seed):
 
 - `pca_refined`: the span of the train split's top principal directions around its mean, whitened (the linear
   codec's untrained start); each network starts at its projection.
@@ -13,7 +13,8 @@ probe inputs, seed):
 
 They depend on the shards and those params alone, so a codec change does not rerun them. Output: one file per
 control, `<out>/<name>.pt` = {"ids": the split's model ids, "weights": `[N, length]` their refined networks'
-real (denormalised) flat weights, one `[n, length]` tensor per layout, in that order}, which evaluate scores beside the codec's reconstructions.
+real (denormalised) flat weights, one `[n, length]` tensor per layout, in that order}, which evaluate scores
+beside the codec's reconstructions.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import torch
 from weightvae.io import atomic_path, write_json
 from weightvae.params import load_section, require
 from weightvae.records import CONTROLS
-
 
 
 @dataclass(frozen=True)

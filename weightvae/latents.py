@@ -24,7 +24,8 @@ from weightvae.io import atomic_path
 SCHEMA = pa.schema([("id", pa.string()), ("split", pa.string()), ("task", pa.string()),
                     ("architecture", pa.string()), ("layout_id", pa.string()), ("run_id", pa.string()),
                     ("epoch", pa.int64()), ("latent", pa.list_(pa.float32())),
-                    ("latent_encoder", pa.list_(pa.float32())), ("behaviour_kl_encoder", pa.float64()), ("behaviour_kl", pa.float64())])
+                    ("latent_encoder", pa.list_(pa.float32())), ("behaviour_kl_encoder", pa.float64()),
+                    ("behaviour_kl", pa.float64())])
 
 
 def write_latents(path: str | Path, rows: list[dict[str, Any]]) -> None:
