@@ -20,7 +20,7 @@ from weightvae import checkrepro
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-STAGES = ["zoo", "ingest", "train", "encode", "controls", "reconstruct", "evaluate", "probe"]
+STAGES = ["zoo", "ingest", "train", "encode", "controls", "generator", "generation", "reconstruct", "evaluate", "probe"]
 TINY = {
     "zoo": {"architectures": {"cnn": 24}, "epochs": 1, "save_epochs": [1], "group_size": 24},
     "train": {"latent_dim": 8, "max_epochs": 1, "batch_size": 16, "probe_count": 16},
@@ -100,7 +100,7 @@ def test_a_changed_hash_in_the_lock_is_reported_and_fails(planted):
     assert "reconstruct: DIFFERS" in out.stdout
     for stage in ("zoo", "ingest", "train", "evaluate"):
         assert f"{stage}: match" in out.stdout
-    assert "1 of 8 stages differ from dvc.lock" in out.stdout
+    assert "1 of 10 stages differ from dvc.lock" in out.stdout
     # wall times differ from run to run (planted here) and are reported apart, never as a mismatch
     assert "match (wall times differ only)" in next(line for line in out.stdout.splitlines() if "zoo.json" in line)
     assert "changed since dvc.lock" not in out.stdout  # same code and params: a real difference, not an expected one

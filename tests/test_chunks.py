@@ -225,7 +225,7 @@ def test_the_chunk_codec_trains_on_windows_encodes_and_reconstructs(mlp_shards, 
     assert len(rows) == sum(len(ZooDataset(mlp_shards, s)) for s in ("train", "val", "test"))
     assert z.shape == (len(rows), 76 * 8) and torch.isfinite(z).all()
     out = tmp_path / "recon"
-    reconstruct(ReconstructParams(splits=("test",), n_samples=2), mlp_shards, tmp_path / "vae.ckpt",
+    reconstruct(ReconstructParams(splits=("test",), n_samples=2, sampler="kde"), mlp_shards, tmp_path / "vae.ckpt",
                 tmp_path / "latents.parquet", out)
     test = ZooDataset(mlp_shards, "test")
     files = sorted((out / "test").glob("*.safetensors"))

@@ -52,7 +52,8 @@ def run(tmp_path_factory):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             encode(EncodeParams(refine_steps=2, probe_count=8), shards, base / "vae.ckpt", base / "latents.parquet")
-            reconstruct(ReconstructParams(n_samples=2), shards, base / "vae.ckpt", base / "latents.parquet",
+            reconstruct(ReconstructParams(n_samples=2, sampler="kde"), shards, base / "vae.ckpt",
+                        base / "latents.parquet",
                         base / "recon")
             evaluate(EvaluateParams(), shards, base / "recon", base / "latents.parquet")
     finally:
@@ -98,7 +99,7 @@ def test_safetensors_bytes_are_the_same_in_every_process(run):
     ours does not: a second reconstruct and another interpreter give the same bytes."""
     again = run["base"] / "recon-again"
     with contextlib.redirect_stdout(io.StringIO()):
-        reconstruct(ReconstructParams(n_samples=2), run["shards"], run["base"] / "vae.ckpt",
+        reconstruct(ReconstructParams(n_samples=2, sampler="kde"), run["shards"], run["base"] / "vae.ckpt",
                     run["base"] / "latents.parquet", again)
     first = {p.relative_to(run["recon"]): p.read_bytes() for p in run["recon"].rglob("*.safetensors")}
     assert first == {p.relative_to(again): p.read_bytes() for p in again.rglob("*.safetensors")}

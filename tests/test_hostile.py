@@ -267,7 +267,7 @@ BAD_PARAMS = [
     ("reconstruct", {"n_samples": 1.5}, ["reconstruct.n_samples", "1.5 is not allowed", "expected int"]),
     ("reconstruct", {"splits": ["train", "holdout"]}, ["reconstruct.splits", "['train', 'holdout'] is not allowed",
                                                         "choose from train, val, test"]),
-    ("reconstruct", {"sampler": "gan"}, ["reconstruct.sampler", "'gan' is not allowed", "['kde', 'prior']"]),
+    ("reconstruct", {"sampler": "gan"}, ["reconstruct.sampler", "'gan' is not allowed", "['flow', 'kde', 'prior']"]),
     ("reconstruct", {"kde_top": 0}, ["reconstruct.kde_top", "0.0 is not allowed", "need a fraction in (0, 1]"]),
     ("reconstruct", {"kde_bandwidth": -1}, ["reconstruct.kde_bandwidth", "-1.0 is not allowed", "need >= 0"]),
     ("evaluate", {"splt": "test"}, ["evaluate.splt: unknown key", "allowed keys are", "'split'"]),

@@ -51,7 +51,8 @@ def test_joint_zoo_end_to_end(tmp_path, monkeypatch):
     assert metrics["train/behaviour"] > 0
     latents = tmp_path / "latents.parquet"
     encode(EncodeParams(refine_steps=3, probe_count=8), shards, tmp_path / "vae.ckpt", latents)
-    reconstruct(ReconstructParams(n_samples=2), shards, tmp_path / "vae.ckpt", latents, tmp_path / "recon")
+    reconstruct(ReconstructParams(n_samples=2, sampler="kde"), shards, tmp_path / "vae.ckpt", latents,
+                tmp_path / "recon")
     assert len(list((tmp_path / "recon" / "samples").glob("*.pt"))) == 6  # n_samples per task/architecture
     _check_kde_samples(shards, tmp_path, table)
 

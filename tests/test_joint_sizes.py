@@ -102,7 +102,7 @@ def test_a_joint_zoo_trains_on_windows_and_codes_each_network_at_its_own_length(
     assert z.shape == (len(rows), _chunks(layouts[lids[0]]) * CODE) and torch.isfinite(z).all()
 
     out = tmp_path / "recon"
-    reconstruct(ReconstructParams(splits=("test",), n_samples=2), shards, tmp_path / "vae.ckpt",
+    reconstruct(ReconstructParams(splits=("test",), n_samples=2, sampler="kde"), shards, tmp_path / "vae.ckpt",
                 tmp_path / "latents.parquet", out)
     test = pq.read_table(shards / "models.parquet").to_pandas().query("split == 'test'")
     nets = {"cnn": build_model("cnn", {}), "mlp": build_model("mlp", {"hidden": 256})}

@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from weightvae.controls import ControlsParams
 from weightvae.encode import EncodeParams
 from weightvae.evaluate import EvaluateParams
+from weightvae.generation import GenerationParams
+from weightvae.generator import GeneratorParams
 from weightvae.ingest import IngestParams
 from weightvae.params import load_section
 from weightvae.reconstruct import ReconstructParams
@@ -15,7 +18,8 @@ from weightvae.zoo import ZooParams
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"zoo": ZooParams, "ingest": IngestParams, "train": TrainParams, "encode": EncodeParams,
-            "reconstruct": ReconstructParams, "evaluate": EvaluateParams}
+            "reconstruct": ReconstructParams, "evaluate": EvaluateParams, "controls": ControlsParams,
+            "generator": GeneratorParams, "generation": GenerationParams}
 
 
 @pytest.mark.parametrize("section", sorted(SECTIONS))

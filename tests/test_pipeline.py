@@ -18,7 +18,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["zoo", "ingest", "train", "encode", "controls", "reconstruct", "evaluate", "probe"]
+STAGES = ["zoo", "ingest", "train", "encode", "controls", "generator", "generation", "reconstruct", "evaluate", "probe"]
 
 
 def _sh(cmd: list[str], cwd: Path) -> str:
@@ -49,7 +49,8 @@ def _results(repo: Path) -> tuple[dict, dict]:
               if not o["path"].startswith("metrics/")}
     metrics = {p: _without_timings(json.loads((repo / p).read_text()))
                for p in ["metrics/zoo.json", "metrics/ingest.json", "metrics/eval.json", "metrics/train/metrics.json",
-                         "metrics/encode.json", "metrics/controls.json", "metrics/probe.json"]}
+                         "metrics/encode.json", "metrics/controls.json", "metrics/probe.json",
+                         "metrics/generator.json", "metrics/generate.json"]}
     for p in ("metrics/eval_models.csv", "metrics/probe_models.csv"):
         metrics[p] = (repo / p).read_text()
     return hashes, metrics
@@ -91,7 +92,9 @@ def test_pipeline_runs_and_writes_every_output(repo):
                  "metrics/eval_models.csv",
                  "metrics/plots/accuracy_scatter.png", "metrics/plots/layer_r2.png",
                  "metrics/plots/accuracy_histograms.png", "metrics/plots/training_curves.png",
-                 "metrics/probe.json", "metrics/probe_models.csv", "metrics/plots/probe_r2.png"]:
+                 "metrics/probe.json", "metrics/probe_models.csv", "metrics/plots/probe_r2.png",
+                 "model_data/models/generator.pt", "metrics/generator.json", "metrics/generate.json",
+                 "metrics/plots/generation.png"]:
         assert (repo / path).exists(), path
     probe = json.loads((repo / "metrics/probe.json").read_text())["groups"]["digits/cnn"]
     assert {"test_acc", "train_acc", "gen_gap", "epoch", "lr", "weight_decay", "dropout", "label_noise"} \
@@ -104,6 +107,13 @@ def test_pipeline_runs_and_writes_every_output(repo):
                    "random_train", "noise_0.1"):
         assert {"retention", "agreement", "r2"} <= set(head[method]), method
     assert "fidelity_gain" in head and "samples" in head
+    gen = json.loads((repo / "metrics/generate.json").read_text())["groups"]
+    (name, g), = gen.items()
+    assert name.startswith("digits/cnn/")
+    assert set(g["unconditional"]) == {"acc_ratio_vs_fresh", "weight_novelty_vs_fresh", "functional_novelty_vs_fresh"}
+    assert {"prompt_r2", "prompt_mae", "above_best", "curve"} <= set(g["conditioned"])
+    methods = {"flow", "flow_t1.5", "flow_unprompted", "kde_0.5", "noise_0.25", "average_4", "gaussian_codes"}
+    assert methods == set(g["methods"])
     out = _sh(["dvc", "status"], repo)
     assert "up to date" in out
 
@@ -122,7 +132,7 @@ def test_changing_a_train_param_reruns_exactly_the_downstream_stages(repo):
     """A codec change reruns what depends on the codec; the controls (shards and refinement only) stay."""
     out = _sh(["dvc", "exp", "run", "-S", "train.batch_size=8"], repo)
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
-    assert ran == {"train", "encode", "reconstruct", "evaluate", "probe"}, out[-2000:]
+    assert ran == {"train", "encode", "generator", "generation", "reconstruct", "evaluate", "probe"}, out[-2000:]
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True,
                                       check=True).stdout)
     base = [rev for rev in shown if rev.get("rev") != "workspace"]  # the commit the experiment is based on

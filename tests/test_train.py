@@ -280,7 +280,8 @@ def test_the_conv_codec_trains_and_exports_too(shards, tmp_path):
     assert model.cfg.codec == "conv" and model.net.latent_shape == (1, 49, 50)  # 2,410 weights as a 49x50 image
     # the latents table stores codes flat: encode -> reconstruct (decoding them and sampling around them) works
     encode(EncodeParams(refine_steps=2, probe_count=8), shards, out, tmp_path / "latents.parquet")
-    reconstruct(ReconstructParams(n_samples=2), shards, out, tmp_path / "latents.parquet", tmp_path / "recon")
+    reconstruct(ReconstructParams(n_samples=2, sampler="kde"), shards, out, tmp_path / "latents.parquet",
+                tmp_path / "recon")
     rows, z = read_latents(tmp_path / "latents.parquet", "test")
     assert z.shape == (len(rows), 49 * 50)
     ds = ZooDataset(shards, "test")
@@ -357,7 +358,8 @@ def test_tensor_scales_code_each_groups_own_scale_and_run_end_to_end(tiny_zoo, t
     rows_r, zr = read_latents(tmp_path / "refined.parquet", "test")
     assert [r["id"] for r in rows_r] == [r["id"] for r in rows]
     assert torch.equal(zr[:, :2 * t], z[:, :2 * t]) and not torch.allclose(zr[:, 2 * t:], z[:, 2 * t:])
-    reconstruct(ReconstructParams(n_samples=2), shards, out, tmp_path / "refined.parquet", tmp_path / "recon")
+    reconstruct(ReconstructParams(n_samples=2, sampler="kde"), shards, out, tmp_path / "refined.parquet",
+                tmp_path / "recon")
     assert len(list((tmp_path / "recon" / "test").glob("*.pt"))) == len(rows)
     if by == "unit":
         with pytest.raises(ParamsError, match=r"train.latent_dim: 108 is not allowed; with train.tensor_scales the "
@@ -450,7 +452,8 @@ def test_function_code_codes_the_predicted_classes_and_runs_end_to_end(tiny_zoo,
     _, zr = read_latents(tmp_path / "refined.parquet", "test")
     m = k + n_stats
     assert torch.equal(zr[:, :m], z[:, :m]) and not torch.allclose(zr[:, m:], z[:, m:])
-    reconstruct(ReconstructParams(n_samples=2), shards, out, tmp_path / "refined.parquet", tmp_path / "recon")
+    reconstruct(ReconstructParams(n_samples=2, sampler="kde"), shards, out, tmp_path / "refined.parquet",
+                tmp_path / "recon")
     assert len(list((tmp_path / "recon" / "test").glob("*.pt"))) == len(z)
     if scales:
         return

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_ZOO
 
 from weightvae.archs import build_model, evaluate_model
 from weightvae.params import ParamsError, build
 from weightvae.tasks import get_task
 from weightvae.zoo import ZooParams, build_zoo, plan_runs, train_group, train_single
-
-from conftest import TINY_ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,6 +22,8 @@ COMMANDS = {
     "train": ("weightvae.train", "train the weight VAE with Lightning (`train:`)"),
     "encode": ("weightvae.encode", "every model to its latent code, refined against its function (`encode:`)"),
     "controls": ("weightvae.controls", "the same refinement in a PCA and a random subspace: the bar (`controls:`)"),
+    "generator": ("weightvae.generator", "train the latent generator: a flow over the codes (`generator:`)"),
+    "generation": ("weightvae.generation", "judge generated networks as the critics do (`generation:`)"),
     "reconstruct": ("weightvae.reconstruct", ("decode val/test models from their codes, sample new ones "
                                               "(`reconstruct:`)")),
     "evaluate": ("weightvae.evaluate", "evaluate reconstructions and samples as networks (`evaluate:`)"),
@@ -32,6 +34,7 @@ COMMANDS = {
 #: tools that are not stages: their `run(args)` returns the exit code
 TOOLS = {
     "check-repro": ("weightvae.checkrepro", "reproduce the pipeline in a scratch copy and compare it with dvc.lock"),
+    "generate": ("weightvae.generate", "new networks from the latent generator, prompted with an accuracy"),
 }
 
 

@@ -67,6 +67,19 @@ def best_agreement(pred: Tensor, candidates: Tensor, exclude: Tensor | None = No
     return values, idx
 
 
+def best_error_overlap(pred: Tensor, candidates: Tensor, y: Tensor, chunk: int = 64) -> Tensor:
+    """For each row of `pred` `[A, N]`, the highest overlap (intersection over union) of its set of misclassified
+    inputs with any row of `candidates`' `[B, N]` (labels `y` `[N]`): `[A]` float64. Zeng et al. (2025)'s
+    functional memorisation test: a copy, permuted or not, scores 1. Two empty error sets overlap fully (1)."""
+    wrong, wrong_c = (pred != y).double(), (candidates != y).double()
+    out = torch.empty(len(pred), dtype=torch.float64)
+    for s in range(0, len(pred), chunk):
+        inter = wrong[s:s + chunk] @ wrong_c.T  # [chunk, B]
+        union = wrong[s:s + chunk].sum(1, keepdim=True) + wrong_c.sum(1)[None, :] - inter
+        out[s:s + chunk] = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter)).max(1).values
+    return out
+
+
 def most_agreeing(pred: Tensor, candidates: Tensor, chunk: int = 64) -> Tensor:
     """Index of the candidate network whose predictions agree most with each row of `pred`:
     pred `[M, N]`, candidates `[T, N]` -> `[M]` (ties: lowest index). The best any substitute can do."""
@@ -236,6 +249,11 @@ def _nearest(a: Tensor, b: Tensor, scale: Tensor, exclude: Tensor | None = None,
             d = d.masked_fill(exclude[s:s + CHUNK, None] == exclude_b[None, :], float("inf"))
         dist[s:s + CHUNK], idx[s:s + CHUNK] = d.min(1)
     return idx, dist
+
+
+def nearest_distances(a: Tensor, b: Tensor, scale: Tensor) -> Tensor:
+    """`[A]`: each row of `a`'s L2 distance to its nearest row of `b` over `x / scale` (per-layer standardised)."""
+    return _nearest(a, b, scale)[1]
 
 
 def nearest_train_baseline(test: Tensor, train: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,8 +1,10 @@
 """Decode held-out networks from their latent codes, and sample new ones.
 
 The codes come from the encode stage (`weightvae.encode`: the encoder's mean, refined against each
-network's function). Samples come from `sampler`: `kde` (default) draws latents from a kernel density
-estimate over the training split's codes (`weightvae.prior`), `prior` from the VAE's N(0, I).
+network's function). Samples come from `sampler`: `flow` (default) from the latent generator
+(`weightvae.generator`, prompted as `generation`'s `flow`: accuracies drawn from the zoo's final runs, at
+`generator.temperature`), `kde` from a kernel density estimate over the training split's codes
+(`weightvae.prior`), `prior` from the VAE's N(0, I).
 
 Outputs (one folder, replaced atomically):
     <out>/<split>/<id>.pt   each val/test model decoded from its code, zoo file schema plus `source_id`
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from weightvae import FORMAT_VERSION, tensorfile
@@ -32,7 +35,7 @@ from weightvae.params import StageError, load_section, require
 from weightvae.progress import Progress
 from weightvae.records import POOL_FILE, file_name, pool_key
 
-SAMPLERS = ("kde", "prior")
+SAMPLERS = ("flow", "kde", "prior")
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class ReconstructParams:
 
     splits: tuple[str, ...] = ("val", "test")
     n_samples: int = 64  # sampled networks per (task, architecture, layout)
-    sampler: str = "kde"  # kde | prior
+    sampler: str = "flow"  # flow (the generator stage's model) | kde | prior
     kde_bandwidth: float = 0.5  # kernel std / each latent dimension's spread over the group's training models
     kde_top: float = 0.3  # kernels on the best fraction of training models by their recorded train_acc
     batch_size: int = 256
@@ -84,8 +87,9 @@ class ReconstructError(StageError):
 
 @torch.no_grad()
 def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path, latents: str | Path,
-                out: str | Path) -> dict[str, int]:
-    """Decode the encode stage's latents of `p.splits` into networks, and sample new ones; returns counts."""
+                out: str | Path, generator: str | Path | None = None, gen_p=None) -> dict[str, int]:
+    """Decode the encode stage's latents of `p.splits` into networks, and sample new ones; returns counts.
+    `generator`, `gen_p`: the latent generator and its params (`GeneratorParams`), for `sampler: flow`."""
     from weightvae.data import rows_per_batch
     from weightvae.latents import read_latents
     from weightvae.model import VAE
@@ -113,7 +117,7 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
                 raise ReconstructError(f"{latents}: no latents of the {split!r} split; add {split!r} to encode.splits "
                                        "(or remove it from reconstruct.splits) and rerun encode")
         (tmp / "samples").mkdir()
-        counts["samples"] = _write_samples(p, model, shards, latents, tmp / "samples", bar)
+        counts["samples"] = _write_samples(p, model, shards, latents, tmp / "samples", bar, generator, gen_p)
     return counts
 
 
@@ -126,7 +130,7 @@ def _properties(shards: str | Path, split: str, model) -> dict[str, dict[str, An
 
 
 def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str | Path, out: Path,
-                   bar: Progress) -> int:
+                   bar: Progress, generator: str | Path | None = None, gen_p=None) -> int:
     """`n_samples` networks per (task, architecture, layout) of the training split, from `p.sampler`.
 
     Grouping by task too matters: one architecture trained on two tasks shares a layout, and a
@@ -150,6 +154,14 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str
         if not encoded:
             raise ReconstructError(f"{latents}: no latents of the training split, which the kde sampler draws "
                                    "around; add 'train' to encode.splits or set reconstruct.sampler: prior")
+    if p.sampler == "flow":
+        from weightvae.generator import GeneratorParams, LatentGenerator, zoo_prompts
+
+        if generator is None:
+            raise ReconstructError("reconstruct.sampler: flow needs the generator stage's model (--generator)")
+        flow = LatentGenerator.load(generator)
+        gen_p = gen_p if gen_p is not None else GeneratorParams()
+        table = pd.read_parquet(Path(shards) / "models.parquet")
     gen = torch.Generator().manual_seed(p.seed)
     n = 0
     pools: dict[str, list[str]] = {}
@@ -159,6 +171,15 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str
         if p.sampler == "kde":
             z, anchors, pool = _kde_latents(p, encoded[task, arch, layout_id], gen)
             pools[pool_key(task, arch, layout_id)] = pool
+        elif p.sampler == "flow":
+            from weightvae.generator import group_name
+
+            train = table[(table.split == "train") & (table.task == task) & (table.architecture == arch)
+                          & (table.layout_id == layout_id)]
+            prompts = zoo_prompts(train, p.n_samples, gen)
+            z = flow.sample(group_name(task, arch, layout_id), p.n_samples, prompts, gen_p.guidance,
+                            gen_p.sample_steps, gen, gen_p.temperature)
+            anchors = [None] * p.n_samples
         else:
             z, anchors = model.prior_latents(p.n_samples, gen, layout_id), [None] * p.n_samples
         for start in range(0, p.n_samples, size):  # decoded a batch at a time: the codes were drawn at once
@@ -206,6 +227,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="model_data/models/vae.ckpt", help="trained VAE (default: %(default)s)")
     parser.add_argument("--latents", default="model_data/latents.parquet",
                         help="the encode stage's latents (default: %(default)s)")
+    parser.add_argument("--generator", default="model_data/models/generator.pt",
+                        help="the latent generator, for sampler: flow (default: %(default)s)")
     parser.add_argument("--out", default="model_data/reconstructions", help="output folder (default: %(default)s)")
 
 
@@ -213,6 +236,9 @@ def run(args: argparse.Namespace) -> None:
     from weightvae.registry import register_params
 
     register_params(args.params)  # the user's architectures and tasks (`registry:`)
+    from weightvae.generator import GeneratorParams
+
     p = load_section(args.params, "reconstruct", ReconstructParams)
-    counts = reconstruct(p, args.shards, args.model, args.latents, args.out)  # a ReconstructError: one line
+    gen_p = load_section(args.params, "generator", GeneratorParams)
+    counts = reconstruct(p, args.shards, args.model, args.latents, args.out, args.generator, gen_p)  # errors: one line
     print("reconstruct: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
