@@ -131,7 +131,7 @@ def test_a_changed_committed_metric_is_reported_with_its_difference(planted, loc
     assert diff.change == pytest.approx(0.25)
     text = checkrepro.format_report(checkrepro.Report(list(stages.values()), scratch))
     assert "metrics/eval.json vae.agreement:" in text and "(+0.25)" in text
-    assert "1 of 8 stages differ from dvc.lock" in text
+    assert "1 of 10 stages differ from dvc.lock" in text
 
 
 def test_refuses_a_clone_without_a_lock_and_a_busy_scratch(tmp_path):

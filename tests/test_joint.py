@@ -75,7 +75,8 @@ def _check_kde_samples(shards, tmp_path, table):
     and kernels sit only on the best `kde_top` of its own task/architecture's training models by
     train_acc (the two cnn groups share a layout but not their kernels)."""
     out = tmp_path / "recon-kde"
-    reconstruct(ReconstructParams(splits=("train",), n_samples=6, kde_bandwidth=0.0, kde_top=0.2), shards,
+    reconstruct(ReconstructParams(splits=("train",), n_samples=6, sampler="kde", kde_bandwidth=0.0,
+                                  kde_top=0.2), shards,
                 tmp_path / "vae.ckpt", tmp_path / "latents.parquet", out)
     train = table[table.split == "train"].set_index("id")
     samples = [torch.load(f, weights_only=True) for f in sorted((out / "samples").glob("*.pt"))]

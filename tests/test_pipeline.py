@@ -110,7 +110,8 @@ def test_pipeline_runs_and_writes_every_output(repo):
     gen = json.loads((repo / "metrics/generate.json").read_text())["groups"]
     (name, g), = gen.items()
     assert name.startswith("digits/cnn/")
-    assert set(g["unconditional"]) == {"acc_ratio_vs_fresh", "weight_novelty_vs_fresh", "functional_novelty_vs_fresh"}
+    assert set(g["unconditional"]) == {"acc_ratio_vs_fresh", "weight_novelty_vs_fresh", "functional_novelty_vs_fresh",
+                                       "temperature"}
     assert {"prompt_r2", "prompt_mae", "above_best", "curve"} <= set(g["conditioned"])
     methods = {"flow", "flow_t1.5", "flow_unprompted", "kde_0.5", "noise_0.25", "average_4", "gaussian_codes"}
     assert methods == set(g["methods"])

@@ -22,8 +22,9 @@ Conditioning (G.pt's prompt alignment): `prompts` accuracies spread evenly over 
 `per_prompt` samples each at `generator.prompt_temperature`; R² and mean absolute error between prompted and
 achieved accuracy over all samples; prompts above the zoo's best are reported apart (`above_best`).
 
-Output: `metrics/generate.json` (`groups` -> {`fresh`, `unconditional`, `conditioned`, `methods`, `frontier`}) and a
-PNG of accuracy against novelty for every method, the fresh runs at (1, 1).
+Output: `metrics/generate.json` (`groups` -> {`fresh`, `unconditional`, `conditioned`, `methods`,
+`best_baseline_at_novelty`, `seconds_generate_64`}, and the stage's `seconds`) and a PNG of accuracy against
+novelty for every method, the fresh runs at (1, 1).
 """
 
 from __future__ import annotations
