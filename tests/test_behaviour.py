@@ -47,8 +47,9 @@ def test_behaviour_term_of_the_vae_is_zero_when_reconstruction_equals_original(m
     net = build_model("cnn")
     layout = Layout.from_state_dict(net.state_dict())
     functional = {layout.layout_id: {"arch": "cnn", "kwargs": {}, "task": "digits", "layout": layout.to_dict()}}
-    vae = VAE(vae_kwargs(VAEConfig(max_len=layout.length, channels=(4,), latent="spatial")),
-              {"behaviour_weight": 1.0, "probe_count": 16}, layout_ids=[layout.layout_id], functional=functional)
+    vae = VAE(vae_kwargs(VAEConfig(max_len=layout.length, codec="conv", channels=(4,))),
+              {"behaviour_weight": 1.0, "probe_count": 16, "behaviour_batch": 0},
+                  layout_ids=[layout.layout_id], functional=functional)
     nets = [build_model("cnn").eval() for _ in range(3)]
     x = torch.stack([layout.flatten(n.state_dict()) for n in nets])
     ref, valid = vae.function_logits(x, [layout.layout_id] * 3)

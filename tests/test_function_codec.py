@@ -14,8 +14,9 @@ from weightvae.encode import EncodeParams, encode
 from weightvae.ingest import IngestParams, ingest
 from weightvae.latents import read_latents
 from weightvae.model import VAE
-from weightvae.nets import FunctionAutoencoder, VAEConfig, whitened_pca
+from weightvae.nets import FunctionAutoencoder, VAEConfig
 from weightvae.params import ParamsError
+from weightvae.pca import whitened_pca
 from weightvae.train import TrainParams
 
 

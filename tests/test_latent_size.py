@@ -2,8 +2,9 @@
 
 import pytest
 
+from weightvae.config import TrainParams, latent_size, resolve_latent
 from weightvae.params import ParamsError, build
-from weightvae.train import TrainParams, build_module, latent_size, resolve_latent
+from weightvae.train import build_module
 
 
 @pytest.mark.parametrize("params, length, expected", [

@@ -9,7 +9,8 @@ from weightvae.nets import VAEConfig, image_shape, vae_kwargs
 
 
 def tiny(max_len=50, n_layers=1, **loss):
-    return VAE(vae_kwargs(VAEConfig(max_len=max_len, channels=(4, 8), latent_dim=6)), loss or None, n_layers=n_layers)
+    cfg = VAEConfig(max_len=max_len, codec="conv", channels=(4, 8), latent_dim=6, latent="flat")
+    return VAE(vae_kwargs(cfg), loss or None, n_layers=n_layers)
 
 
 @pytest.mark.parametrize("length, levels, expected", [(1706, 3, (40, 44)), (50, 2, (8, 8)), (1, 1, (1, 1)),
@@ -97,14 +98,14 @@ def test_kl_matches_torch_distributions_at_random_values():
 
 
 def test_spatial_latent_shapes_and_padding():
-    """The default latent: `latent_channels` values per pixel of the bottom feature map."""
-    m = VAE(vae_kwargs(VAEConfig(max_len=50, channels=(4, 8), latent="spatial", latent_channels=3)))
+    """The conv codec's default latent: `latent_channels` values per pixel of the bottom feature map."""
+    m = VAE(vae_kwargs(VAEConfig(max_len=50, codec="conv", channels=(4, 8), latent_channels=3)))
     x = torch.randn(2, 50)
     assert m.get_input(x).shape == (2, 1, 8, 8) and m.net.latent_shape == (3, 4, 4)
     _, recon, post = m(x)
     assert recon.shape == (2, 50) and post.mean.shape == post.std.shape == (2, 3, 4, 4)
     assert m.decode(post.mode()).shape == (2, 50)
-    one = VAE(vae_kwargs(VAEConfig(max_len=1706, channels=(16,), latent="spatial")))
+    one = VAE(vae_kwargs(VAEConfig(max_len=1706, codec="conv", channels=(16,))))
     assert one.net.latent_shape == (1, 41, 42)  # 1,722 values for 1,706 weights: no compression
 
 
@@ -115,14 +116,15 @@ def test_d2nwg_preset_matches_the_seed_description():
     linear = m.net.proj_in.weight.numel() + m.net.proj_in.bias.numel() + m.net.proj_out.weight.numel() + \
         m.net.proj_out.bias.numel()
     assert 23.4e6 < linear < 23.6e6  # FIELD.md: the two linear layers hold about 23.5 M parameters
-    small = VAE(vae_kwargs(VAEConfig(max_len=2864)))
+    small = VAE(vae_kwargs(VAEConfig(max_len=2864, codec="conv")))
     assert sum(p.numel() for p in small.parameters()) * 5 < sum(p.numel() for p in m.parameters())
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    a = VAE(vae_kwargs(VAEConfig(max_len=50, channels=(4, 8), latent_dim=6)))
-    b = VAE(vae_kwargs(VAEConfig(max_len=50, channels=(4, 8), latent_dim=6, gradient_checkpointing=True)))
+    a = VAE(vae_kwargs(VAEConfig(max_len=50, codec="conv", channels=(4, 8), latent_dim=6, latent="flat")))
+    b = VAE(vae_kwargs(VAEConfig(max_len=50, codec="conv", channels=(4, 8), latent_dim=6, latent="flat",
+                                 gradient_checkpointing=True)))
     b.load_state_dict(a.state_dict())
     x = torch.randn(3, 50)
     for m in (a, b):

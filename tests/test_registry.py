@@ -46,6 +46,11 @@ def load_digits_again():
     return dataclasses.replace(get_task("digits"), name="digits_again")
 
 
+def load_digits_few():
+    d = get_task("digits")
+    return dataclasses.replace(d, name="digits_few", x_train=d.x_train[:40], y_train=d.y_train[:40])
+
+
 class Factory:
     @staticmethod
     def build(hidden=8):
@@ -241,3 +246,21 @@ def test_a_registration_left_under_evaluate_is_told_where_it_moved(key, tmp_path
     assert proc.stderr.strip().splitlines() == [
         (f"weightvae train: bad params: evaluate.{key}: moved to registry.{key} (a top-level `registry:` section "
          f"every stage reads); move it there and delete evaluate.{key}")]
+
+
+def test_a_task_with_fewer_training_inputs_than_probe_count_probes_them_all():
+    """Wine's training split has 124 rows, fewer than train.probe_count's 128: the function codec's encoder reads
+    the network's outputs on all of them (40 here, x 10 classes), and a training step runs."""
+    from weightvae.layout import Layout
+    from weightvae.train import TrainParams, build_module
+
+    register(GOOD["architectures"], {"digits_few": "wvae_user_nets:load_digits_few"})
+    layout = Layout.from_state_dict(build_model("tiny", {"hidden": 8}).state_dict())
+    functional = {f"digits_few/{layout.layout_id}": {"arch": "tiny", "kwargs": {"hidden": 8}, "task": "digits_few",
+                                                     "layout": layout.to_dict()}}
+    model = build_module(TrainParams(hidden=16, behaviour_batch=0), layout.length, [layout.layout_id], 4, functional)
+    assert model.cfg.cond_dim == 40 * 10 and TrainParams().probe_count == 128
+    x = torch.randn(3, layout.length)
+    terms = model.loss_terms({"weight": x, "model_properties": [{"layout_id": layout.layout_id,
+                                                                 "task": "digits_few"}] * 3})
+    assert torch.isfinite(terms["loss"]) and terms["behaviour"] > 0

@@ -65,7 +65,7 @@ def subspace_module(kind: str, train_x: torch.Tensor, latent_dim: int, template,
     """A linear codec (`template`: a VAE module of `codec: linear` with its normalisation and `functional` set)
     whose decoder is the control's subspace and whose encoder is the projection onto it: `pca` (whitened PCA of
     the standardised train vectors `train_x` `[N, L]`) or `random` (a seeded orthonormal basis, PCA's scales)."""
-    from weightvae.nets import whitened_pca
+    from weightvae.pca import whitened_pca
 
     centre, basis, scale = whitened_pca(train_x, latent_dim)
     if kind == "random":
@@ -84,9 +84,10 @@ def subspace_module(kind: str, train_x: torch.Tensor, latent_dim: int, template,
 def controls(shards: str | Path, out: str | Path, train_p, encode_p, p: ControlsParams,
              log=print) -> dict[str, Any]:
     """Refine every network of `p.split` in each control's subspace; write `<out>/<name>.pt`; returns metrics."""
+    from weightvae.config import latent_size
     from weightvae.data import ZooDataset
     from weightvae.refine import refine
-    from weightvae.train import build_module, functional_info, latent_size
+    from weightvae.train import build_module, functional_info
 
     t0 = time.perf_counter()
     layouts = json.loads((Path(shards) / "layouts.json").read_text())

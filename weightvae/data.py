@@ -240,6 +240,12 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def split_properties(root: str | Path, split: str) -> dict[str, dict[str, Any]]:
+    """id -> the properties (`ZooDataset.properties`: layout, buffers, ...) of every model of `split`."""
+    ds = ZooDataset(root, split)
+    return {r["id"]: r for r in (ds.properties(i) for i in range(len(ds)))}
+
+
 class ZooDataModule(L.LightningDataModule):
     """Train/val/test loaders over the shards in `root`; `topk` applies to the train split only. With `window`
     (windows of chunks) every split gives windows, so no step holds a whole network (validation: at a fixed

@@ -116,7 +116,8 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path, laten
     shards, recon_dir = Path(shards), Path(recon_dir)
     if not (recon_dir / p.split).is_dir():
         raise EvaluateError(f"{recon_dir / p.split}: no reconstructions of the {p.split!r} split; add "
-                            f"{p.split!r} to reconstruct.splits (or choose another evaluate.split) and rerun reconstruct")
+                            f"{p.split!r} to reconstruct.splits (or choose another evaluate.split) and rerun "
+                            "reconstruct")
     table = pd.read_parquet(shards / "models.parquet")
     layouts = {k: Layout.from_dict(v) for k, v in json.loads((shards / "layouts.json").read_text()).items()}
     latent_sizes = _latent_sizes(latents)

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from weightvae import FORMAT_VERSION, tensorfile
+from weightvae import tensorfile
 from weightvae.io import atomic_path
 from weightvae.layout import Layout
 from weightvae.params import StageError
+from weightvae.records import file_name, zoo_record
 from weightvae.shards import open_shard
 
 FORMATS = ("safetensors", "pt")
@@ -51,17 +52,14 @@ def original_record(shards: str | Path, model_id: str) -> dict[str, Any]:
     layout = Layout.from_dict(json.loads((shards / "layouts.json").read_text())[r["layout_id"]])
     vec = open_shard(shards, r["split"], r["layout_id"])[r["row"]]
     sd = layout.unflatten(torch.from_numpy(np.array(vec, dtype=np.float32)), json.loads(r["buffers"]))
-    return {"state_dict": sd, "model_properties": {
-        "format_version": FORMAT_VERSION, "run_id": r["run_id"], "task": r["task"],
-        "architecture": {"name": r["architecture"], "kwargs": json.loads(r["arch_kwargs"])},
-        "seed": r["seed"], "epoch": r["epoch"], "hyperparameters": json.loads(r["hyperparameters"]),
-        "metrics": {k: r[k] for k in ("train_acc", "test_acc", "test_loss")},
-        "layout_id": r["layout_id"], "split": r["split"]}}
+    return zoo_record(sd, r["run_id"], r["task"], r["architecture"], json.loads(r["arch_kwargs"]), seed=r["seed"],
+                      epoch=r["epoch"], hyperparameters=json.loads(r["hyperparameters"]),
+                      metrics={k: r[k] for k in ("train_acc", "test_acc", "test_loss")}, layout_id=r["layout_id"],
+                      split=r["split"])
 
 
 def reconstructed_record(recon: str | Path, model_id: str, kind: str) -> dict[str, Any]:
     """A reconstruction (`kind="reconstruction"`, any split) or sample written by reconstruct."""
-    from weightvae.records import file_name
 
     recon = Path(recon)
     folders = ["samples"] if kind == "sample" else ["train", "val", "test"]

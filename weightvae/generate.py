@@ -30,7 +30,8 @@ import torch
 from weightvae.generator import GeneratorParams, LatentGenerator, group_name, zoo_prompts
 from weightvae.params import StageError, load_section, run_command
 from weightvae.progress import Progress
-from weightvae.reconstruct import _properties, _record, _save
+from weightvae.records import shard_record
+from weightvae.tensorfile import save_network
 
 MARGIN = 0.05  # how far beyond a group's trained accuracies a prompt may go
 BATCH = 256  # codes decoded together
@@ -94,10 +95,11 @@ def generate(args: argparse.Namespace) -> int:
     for path, what, stage in ((args.model, "codec", "train"), (shards / "models.parquet", "ingested zoo", "ingest")):
         if not Path(path).exists():
             raise GenerateError(f"{path}: no {what} here; make it first (dvc repro {stage})")
+    from weightvae.data import split_properties
     from weightvae.model import VAE
 
     vae = VAE.from_export(str(args.model))
-    props = next((r for r in _properties(shards, "train", vae).values()
+    props = next((r for r in split_properties(shards, "train").values()
                   if group_name(r["task"], r["architecture"], r["layout_id"]) == group), None)
     if props is None:
         raise GenerateError(f"{shards}: no training network of group {group}; use the shards the generator was "
@@ -128,9 +130,10 @@ def generate(args: argparse.Namespace) -> int:
                 sds = vae.reconstruct_to_model_weights(vae.decode(batch, [lid] * len(batch)), [props] * len(batch))
                 for i, sd in enumerate(sds, start):
                     sid = f"flow-{task}-{arch}-{lid[:8]}-s{args.seed}-{i:04d}"
-                    _save(_record(sd, {**props, "run_id": sid, "epoch": None}, sampler="flow",
-                                  prompted_accuracy=None if prompts is None else float(prompts[i]),
-                                  guidance=guidance, seed=args.seed), folder, sid)
+                    rec = shard_record(sd, {**props, "run_id": sid, "epoch": None}, sampler="flow",
+                                       prompted_accuracy=None if prompts is None else float(prompts[i]),
+                                       guidance=guidance, seed=args.seed)
+                    save_network(rec, folder, sid)
                 bar.update(len(sds))
         try:  # unlike atomic_path, never replaces a folder that filled up meanwhile: rename(2) refuses it
             os.rename(folder, out)

@@ -39,10 +39,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from weightvae import FORMAT_VERSION
 from weightvae.ingest.loaders import CORRUPT, first_line
 from weightvae.io import atomic_path
 from weightvae.params import DEBUG_ENV, debugging, print_cause
+from weightvae.records import zoo_record
 
 SUFFIXES = (".pt", ".pth")
 METRICS = ("train_acc", "test_acc", "test_loss")
@@ -150,7 +150,8 @@ def _int(value: Any) -> int | None:
 
 def _properties(mp: dict[str, Any], rel: str, index: int, module: Any, task: str | None,
                 architecture: str | None) -> tuple[dict[str, Any], bool]:
-    """Zoo-schema properties of one legacy pair, and whether the run id came from the properties."""
+    """`zoo_record`'s arguments but the state_dict for one legacy pair, and whether the run id came from the
+    properties."""
     run_id = mp.get("run_id")
     from_props = isinstance(run_id, (str, int)) and not isinstance(run_id, bool) and str(run_id) != ""
     run_id = str(run_id) if from_props else f"{rel.rsplit('.', 1)[0]}-{index:04d}"
@@ -166,8 +167,7 @@ def _properties(mp: dict[str, Any], rel: str, index: int, module: Any, task: str
     metrics = mp.get("metrics") if isinstance(mp.get("metrics"), dict) else {}
     hp = mp.get("hyperparameters")
     return {
-        "format_version": FORMAT_VERSION, "run_id": run_id, "task": t,
-        "architecture": {"name": arch["name"], "kwargs": _plain(arch.get("kwargs", {}))},
+        "run_id": run_id, "task": t, "architecture": arch["name"], "kwargs": _plain(arch.get("kwargs", {})),
         "seed": _int(mp.get("seed")), "epoch": _int(mp.get("epoch")),
         "hyperparameters": _plain(hp) if isinstance(hp, dict) else {},
         "metrics": {k: _number(metrics.get(k, mp.get(k))) for k in METRICS},
@@ -251,7 +251,7 @@ def _convert(request: dict[str, Any]) -> dict[str, Any]:
                                  "run ids and epochs must be unique")
             names[name] = f"{rel} item {i}"
             (Path(request["out"]) / name).parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"state_dict": sd, "model_properties": props}, Path(request["out"]) / name)
+            torch.save(zoo_record(sd, **props), Path(request["out"]) / name)
             written.append(name)
             runs.append((props["run_id"], epoch))
             from_props.append(own_id)

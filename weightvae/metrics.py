@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from weightvae.archs import build_model
+from weightvae.pca import principal_components
 
 Slices = Sequence[tuple[str, slice]]
 
@@ -183,12 +184,8 @@ def pca_fit(train: Tensor, mean: Tensor, scale: Tensor, k: int) -> tuple[Tensor,
     (centre `[L]`, basis `[k, L]`), float64. `mean`, `scale` `[L]`: the per-layer standardisation
     (`weightvae.standardize.from_weights`). Components come from an SVD of the centred training matrix;
     with `k` at or above its rank the basis keeps every direction the training models span."""
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    z = (train.double() - mean.double()) / scale.double()
-    centre = z.mean(0)
-    _, _, vh = torch.linalg.svd(z - centre, full_matrices=False)
-    return centre, vh[:k]
+    centre, basis, _ = principal_components((train.double() - mean.double()) / scale.double(), k)
+    return centre, basis
 
 
 def pca_codes(x: Tensor, mean: Tensor, scale: Tensor, centre: Tensor, basis: Tensor) -> Tensor:

@@ -19,25 +19,28 @@ import torch
 from torch import Tensor, nn
 
 from weightvae import FORMAT_VERSION
+from weightvae.config import TrainParams
 from weightvae.losses import layerwise_mse, masked_mse
 from weightvae.nets import DiagonalGaussian, VAEConfig, build_net
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    loss: Literal["layer", "mse", "l1_logvar"] = "layer"
-    kl_weight: float = 1e-4
-    learning_rate: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    input_noise: float = 0.0  # std of Gaussian noise on (normalised) inputs during training (p-diff)
-    latent_noise: float = 0.0  # std of Gaussian noise on latents during training (p-diff)
-    behaviour_weight: float = 0.0  # weight of KL(original || reconstruction) of outputs on probe inputs
-    probe_count: int = 128  # probe inputs (from the task's training set) for the behavioural term / signature
-    encoder_probes: bool = False  # feed the encoder the input network's outputs on the probes
-    behaviour_batch: int = 0  # training: inputs the behavioural term scores per step, drawn afresh from the task's
-    #                          training inputs (0: the fixed `probe_count` probes)
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: 5 % warm-up, then down to 0 at the last step
+    """The loss and optimiser settings a saved codec trained with; the defaults are `train:`'s (`TrainParams`)."""
+
+    loss: Literal["layer", "mse", "l1_logvar"] = TrainParams.loss
+    kl_weight: float = TrainParams.kl_weight
+    learning_rate: float = TrainParams.learning_rate
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's; not a train: setting
+    weight_decay: float = TrainParams.weight_decay
+    input_noise: float = TrainParams.input_noise  # std of Gaussian noise on (normalised) inputs in training (p-diff)
+    latent_noise: float = TrainParams.latent_noise  # std of Gaussian noise on latents during training (p-diff)
+    behaviour_weight: float = TrainParams.behaviour_weight  # weight of KL(original || reconstruction) on the probes
+    probe_count: int = TrainParams.probe_count  # probe inputs (the task's training set) for the behavioural term
+    encoder_probes: bool = TrainParams.encoder_probes  # feed the encoder the input network's outputs on the probes
+    behaviour_batch: int = TrainParams.behaviour_batch  # training: inputs the behavioural term scores per step, drawn
+    #                          afresh from the task's training inputs (0: the fixed `probe_count` probes)
+    lr_schedule: Literal["constant", "cosine"] = TrainParams.lr_schedule  # cosine: 5 % warm-up, then down to 0
 
 
 class VAE(L.LightningModule):
@@ -141,8 +144,9 @@ class VAE(L.LightningModule):
             if out is None:
                 out = x.new_zeros(len(x), *logits.shape[1:])
             elif logits.shape[1:] != out.shape[1:]:
-                raise ValueError(f"{key}: {logits.shape[-1]} classes, other tasks in this batch have "
-                                 f"{out.shape[-1]}; the behavioural term needs one class count per VAE")
+                raise ValueError(f"{key}: outputs of {list(logits.shape[1:])} (probe inputs, classes), other tasks "
+                                 f"in this batch have {list(out.shape[1:])}; the behavioural term needs one shape per "
+                                 "codec (a task with fewer training inputs than train.probe_count has fewer probes)")
             out = out.index_copy(0, rows, logits)
         return out, valid
 

@@ -42,6 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from weightvae.config import TrainParams, latent_size
+from weightvae.pca import principal_components, spanned, whitened_pca
+
 TENSOR_STD_EPS = 1e-6  # tensor_scales: keeps a constant tensor's log-std finite
 STATS_LOGVAR = -9.0  # tensor_scales: posterior log-variance of the statistics' latent values (std 0.011)
 
@@ -50,37 +53,41 @@ STATS_LOGVAR = -9.0  # tensor_scales: posterior log-variance of the statistics' 
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Architecture of the VAE.
+    """What a saved codec needs to be rebuilt. The settings are `train:`'s (`TrainParams`, whose defaults these
+    read: `VAEConfig(max_len=L)` is the default codec at the default compression); the rest is derived from the
+    zoo (`weightvae.train.build_module` fills it in).
 
-    `codec="linear"`: an affine encoder and decoder between the standardised weights and a flat
-    latent of `latent_dim` values, started as whitened PCA of the training weights (`LinearVAE`).
-    `codec="conv"`: the weight vector as an image through conv ResNet levels (`ConvVAE`), with a
-    `flat` or `spatial` latent; `preset="d2nwg"` ignores the size fields and builds the seed's
-    AutoencoderKL (linear to 4,096 -> 1x64x64, channels 128/128/256, 2 ResNet blocks per level,
-    latent 4x16x16)."""
+    `codec="function"` (`FunctionAutoencoder`), `"linear"` (`LinearVAE`), `"chunk"` (`ChunkVAE`) or `"conv"`
+    (`ConvVAE`: the weight vector as an image through conv ResNet levels, with a `flat` or `spatial` latent;
+    `preset="d2nwg"` ignores the size fields and builds the seed's AutoencoderKL: linear to 4,096 -> 1x64x64,
+    channels 128/128/256, 2 ResNet blocks per level, latent 4x16x16)."""
 
     max_len: int
-    codec: Literal["conv", "linear", "chunk", "function"] = "conv"
-    preset: Literal["small", "d2nwg"] = "small"
-    channels: tuple[int, ...] = (16, 32, 64)
-    blocks_per_level: int = 1
-    latent_dim: int = 64
-    gradient_checkpointing: bool = False
+    codec: Literal["conv", "linear", "chunk", "function"] = TrainParams.codec
+    preset: Literal["small", "d2nwg"] = TrainParams.preset
+    channels: tuple[int, ...] = TrainParams.channels
+    blocks_per_level: int = TrainParams.blocks_per_level
+    latent_dim: int = 0  # flat latent values; 0: `max_len` / train.compression (`weightvae.config.latent_size`)
+    gradient_checkpointing: bool = TrainParams.gradient_checkpointing
     cond_dim: int = 0  # size of the function signature fed to the encoder beside the weights (0 = off)
-    latent: Literal["flat", "spatial"] = "flat"  # flat vector of latent_dim, or latent_channels per bottom pixel
-    latent_channels: int = 1
-    chunk_size: int = 64  # chunk codec: values per chunk
-    chunk_latent: int = 16  # chunk codec: latent values per chunk (compression ~ chunk_size / chunk_latent)
+    latent: Literal["flat", "spatial"] = TrainParams.latent  # flat vector of latent_dim, or latent_channels per pixel
+    latent_channels: int = TrainParams.latent_channels
+    chunk_size: int = TrainParams.chunk_size  # chunk codec: values per chunk
+    chunk_latent: int = TrainParams.chunk_latent  # chunk codec: latent values per chunk (~ chunk_size / chunk_latent)
     tensor_sizes: tuple[int, ...] = ()  # chunk codec: numel of each learned tensor, layout after layout
     layout_tensors: tuple[int, ...] = ()  # chunk codec: learned tensors of each layout (() = one layout)
-    tensor_scales: bool = False  # linear codec: the latent carries each group's own log-std and mean (tensor_sizes)
-    function_code: int = 0  # linear codec: leading latent values that code the network's predictions (0 = off)
+    tensor_scales: bool = TrainParams.tensor_scales  # linear codec: the latent carries each group's log-std and mean
+    function_code: int = TrainParams.function_code  # linear codec: leading latent values coding the predictions
     function_dim: int = 0  # function_code: length of the prediction signature (probe inputs x classes, one-hot)
-    hidden: int = 0  # function codec: width of the encoder's and decoder's two hidden layers
+    hidden: int = TrainParams.hidden  # function codec: width of the encoder's and decoder's two hidden layers
+
+    def __post_init__(self) -> None:
+        if not self.latent_dim:  # the default compression (train.latent_dim: auto)
+            object.__setattr__(self, "latent_dim", latent_size(TrainParams(), self.max_len))
 
     @staticmethod
     def d2nwg(max_len: int) -> VAEConfig:
-        return VAEConfig(max_len=max_len, preset="d2nwg", channels=(128, 128, 256), blocks_per_level=2)
+        return VAEConfig(max_len=max_len, codec="conv", preset="d2nwg", channels=(128, 128, 256), blocks_per_level=2)
 
 
 def image_shape(length: int, levels: int) -> tuple[int, int]:
@@ -304,14 +311,11 @@ class LinearVAE(nn.Module):
         inputs, flat `[N, function_dim]`, of the train split): its top principal directions, each divided by its
         std over `signatures`, so the function code is whitened like the rest. Directions beyond the signatures'
         rank stay 0 (a value every network shares)."""
-        s = signatures.double()
-        centre = s.mean(0)
-        _, sv, vh = torch.linalg.svd(s - centre, full_matrices=False)
-        std = sv / math.sqrt(max(len(s) - 1, 1))
-        keep = int(min(self.n_func, (std > 1e-6 * std[0]).sum().item())) if len(std) else 0
+        centre, directions, std = principal_components(signatures, self.n_func)
+        keep = spanned(std)
         self.func_mean.copy_(centre.to(self.func_mean))
         self.func_basis.zero_()
-        self.func_basis[:keep] = (vh[:keep] / std[:keep, None]).to(self.func_basis)
+        self.func_basis[:keep] = (directions[:keep] / std[:keep, None]).to(self.func_basis)
 
     def get_input(self, x: Tensor) -> Tensor:
         """The encoder's input: the flat vector itself, `[B, L]`, shape checked."""
@@ -344,7 +348,8 @@ class LinearVAE(nn.Module):
             func = (cond.to(self.func_basis) - self.func_mean) @ self.func_basis.T
             stats = func if stats is None else torch.cat([func, stats], 1)
         elif self.cond_proj is not None:
-            assert cond is not None and cond.shape == (len(x), self.cfg.cond_dim), "encoder needs the function signature"
+            assert cond is not None and cond.shape == (len(x), self.cfg.cond_dim), \
+                "encoder needs the function signature"
             x = torch.cat([x, self.cond_proj(cond)], 1)
         params = self.to_latent(x)
         if stats is not None:  # measured values (function code, statistics): (near-)deterministic latent values
@@ -400,7 +405,10 @@ class FunctionAutoencoder(nn.Module):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        assert cfg.hidden > 0 and cfg.cond_dim > 0, "the function codec needs hidden > 0 and the probes' outputs"
+        if cfg.hidden < 1 or cfg.cond_dim < 1:
+            raise ValueError(f"the function codec (hidden={cfg.hidden}, cond_dim={cfg.cond_dim}) reads each network's "
+                             "outputs on the probe inputs: need hidden >= 1 and cond_dim = probe inputs x classes "
+                             "(weightvae.train.build_module sets it from the zoo's task), or codec='linear'")
         self.cfg = cfg
         self.to_latent = nn.Linear(cfg.max_len, cfg.latent_dim)  # affine parts: whitened PCA at the start
         self.from_latent = nn.Linear(cfg.latent_dim, cfg.max_len)
@@ -439,28 +447,6 @@ class FunctionAutoencoder(nn.Module):
                 ) -> tuple[Tensor, DiagonalGaussian]:
         posterior = self.encode(x, cond)
         return self.decode(posterior.mode()), posterior
-
-
-@torch.no_grad()
-def whitened_pca(x: Tensor, k: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """(centre `[L]`, basis `[k, L]` orthonormal rows, scale `[k]`) of the vectors `x` `[N, L]`, float64: the top
-    `k` principal directions and each one's std over `x` (n - 1). Directions beyond the rank of `x` are seeded
-    random ones orthogonal to the rest, with the smallest kept std. A code `(x - centre) @ basis.T / scale` has
-    unit variance along every direction (whitened)."""
-    n, length = x.shape
-    x = x.double()
-    centre = x.mean(0)
-    _, sv, vh = torch.linalg.svd(x - centre, full_matrices=False)  # vh [min(N, L), L]
-    std = sv / math.sqrt(max(n - 1, 1))
-    keep = int(min(k, (std > 1e-6 * std[0]).sum().item())) if len(std) else 0
-    basis, scale = vh[:keep], std[:keep]
-    if keep < k:  # more latent values than directions the data spans
-        g = torch.Generator().manual_seed(seed)
-        extra = torch.randn(k - keep, length, generator=g, dtype=torch.float64)
-        extra -= (extra @ basis.T) @ basis
-        basis = torch.cat([basis, torch.linalg.qr(extra.T).Q.T])
-        scale = torch.cat([scale, (scale[-1:] if keep else torch.ones(1, dtype=scale.dtype)).expand(k - keep)])
-    return centre, basis, scale
 
 
 class ChunkVAE(nn.Module):
@@ -627,6 +613,6 @@ def vae_kwargs(cfg: VAEConfig) -> dict:
     d["layout_tensors"] = list(d["layout_tensors"])
     if not cfg.function_code:  # left out when off: a default model's export keeps the bytes dvc.lock records
         del d["function_code"], d["function_dim"]
-    if not cfg.hidden:
+    if cfg.codec != "function":  # the others have no hidden layers
         del d["hidden"]
     return d

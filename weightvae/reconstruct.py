@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from weightvae import FORMAT_VERSION, tensorfile
 from weightvae.io import atomic_path, write_json
 from weightvae.params import StageError, load_section, require
 from weightvae.progress import Progress
-from weightvae.records import POOL_FILE, file_name, pool_key
+from weightvae.records import POOL_FILE, pool_key, shard_record
+from weightvae.tensorfile import save_network
 
 SAMPLERS = ("flow", "kde", "prior")
 
@@ -60,27 +60,6 @@ class ReconstructParams:
         require(self.batch_size >= 1, "reconstruct.batch_size", self.batch_size, "need >= 1")
 
 
-def _save(rec: dict[str, Any], folder: Path, model_id: str) -> None:
-    """A network as `<id>.pt` (zoo file schema) and `<id>.safetensors` (same tensors and properties)."""
-    torch.save(rec, folder / file_name(model_id))
-    (folder / file_name(model_id, ".safetensors")).write_bytes(tensorfile.record_bytes(rec))
-
-
-def _record(state_dict: dict[str, torch.Tensor], props: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "state_dict": state_dict,
-        "model_properties": {
-            "format_version": FORMAT_VERSION,
-            "run_id": props["run_id"],
-            "task": props["task"],
-            "architecture": {"name": props["architecture"], "kwargs": props["arch_kwargs"]},
-            "epoch": props.get("epoch"),
-            "layout_id": props["layout_id"],
-            **extra,
-        },
-    }
-
-
 class ReconstructError(StageError):
     """Inputs reconstruct cannot use; the message names the file or key and what to do."""
 
@@ -90,7 +69,7 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
                 out: str | Path, generator: str | Path | None = None, gen_p=None) -> dict[str, int]:
     """Decode the encode stage's latents of `p.splits` into networks, and sample new ones; returns counts.
     `generator`, `gen_p`: the latent generator and its params (`GeneratorParams`), for `sampler: flow`."""
-    from weightvae.data import rows_per_batch
+    from weightvae.data import rows_per_batch, split_properties
     from weightvae.latents import read_latents
     from weightvae.model import VAE
 
@@ -98,7 +77,7 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
     counts: dict[str, int] = {}
     with atomic_path(out, is_dir=True) as tmp, Progress("reconstruct", unit="networks") as bar:
         for split in p.splits:
-            props = _properties(shards, split, model)
+            props = split_properties(shards, split)
             counts[split] = 0
             for column, folder in (("latent", tmp / split), ("latent_encoder", tmp / "encoder" / split)):
                 folder.mkdir(parents=True)
@@ -110,7 +89,7 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
                         batch = [props[r["id"]] for r in rows[start:start + size]]
                         vecs = model.decode(z[start:start + size], [lid] * len(batch))
                         for sd, pr in zip(model.reconstruct_to_model_weights(vecs, batch), batch, strict=True):
-                            _save(_record(sd, pr, source_id=pr["id"], split=split), folder, pr["id"])
+                            save_network(shard_record(sd, pr, source_id=pr["id"], split=split), folder, pr["id"])
                         bar.update(len(batch))
                     counts[split] += len(rows) if column == "latent" else 0
             if not counts[split]:
@@ -121,14 +100,6 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
     return counts
 
 
-def _properties(shards: str | Path, split: str, model) -> dict[str, dict[str, Any]]:
-    """id -> the shards' properties of each model of `split` (layout, buffers, ...), as the dataset gives them."""
-    from weightvae.data import ZooDataset
-
-    ds = ZooDataset(shards, split, normalize=model.normalize, max_len=model.cfg.max_len)
-    return {r["id"]: r for r in (ds.properties(i) for i in range(len(ds)))}
-
-
 def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str | Path, out: Path,
                    bar: Progress, generator: str | Path | None = None, gen_p=None) -> int:
     """`n_samples` networks per (task, architecture, layout) of the training split, from `p.sampler`.
@@ -136,12 +107,12 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str
     Grouping by task too matters: one architecture trained on two tasks shares a layout, and a
     sample must come from (and be scored against) the models of its own task.
     """
-    from weightvae.data import rows_per_batch
+    from weightvae.data import rows_per_batch, split_properties
     from weightvae.latents import read_latents
 
     if p.n_samples == 0:
         return 0
-    props = _properties(shards, "train", model)
+    props = split_properties(shards, "train")
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}  # a representative row each: its layout and buffers
     for r in props.values():
         groups.setdefault(_group(r), r)
@@ -188,8 +159,9 @@ def _write_samples(p: ReconstructParams, model, shards: str | Path, latents: str
             for i, (sd, anchor) in enumerate(zip(sds, anchors[start:start + size]), start):
                 sid = f"sample-{task}-{arch}-{layout_id[:8]}-{i:04d}"
                 extra = {"sampler": p.sampler, **({"anchor_id": anchor} if anchor else {})}
-                _save(_record(sd, {**group_props, "run_id": sid, "epoch": None}, source_id=None, split="samples",
-                              **extra), out, sid)
+                rec = shard_record(sd, {**group_props, "run_id": sid, "epoch": None}, source_id=None, split="samples",
+                                   **extra)
+                save_network(rec, out, sid)
                 n += 1
             bar.update(len(sds))
     if pools:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -111,3 +112,11 @@ def load_record(data: bytes) -> dict[str, Any]:
     tensors, meta = load(data)
     props = json.loads(meta[PROPERTIES_KEY]) if PROPERTIES_KEY in meta else {}
     return {"state_dict": tensors, "model_properties": props}
+
+
+def save_network(record: dict[str, Any], folder: Path, model_id: str) -> None:
+    """A network record (zoo file schema) as `<id>.pt` and `<id>.safetensors` (same tensors and properties)."""
+    from weightvae.records import file_name
+
+    torch.save(record, folder / file_name(model_id))
+    (folder / file_name(model_id, ".safetensors")).write_bytes(record_bytes(record))

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from weightvae import FORMAT_VERSION
 from weightvae.archs import ARCHITECTURES, build_model, evaluate_model, get_architecture, hidden_width
 from weightvae.io import atomic_path, write_json
 from weightvae.params import load_section, require
 from weightvae.progress import Progress
+from weightvae.records import zoo_record
 from weightvae.tasks import TASKS, TaskData, get_task
 
 BETAS = (0.9, 0.999)
@@ -234,19 +234,8 @@ def checkpoint_metrics(run: RunSpec, state_dict: dict[str, Tensor]) -> dict[str,
 
 
 def checkpoint_record(run: RunSpec, epoch: int, state_dict: dict[str, Tensor]) -> dict[str, Any]:
-    return {
-        "state_dict": state_dict,
-        "model_properties": {
-            "format_version": FORMAT_VERSION,
-            "run_id": run.run_id,
-            "task": run.task,
-            "architecture": {"name": run.arch, "kwargs": dict(run.arch_kwargs)},
-            "seed": run.seed,
-            "epoch": epoch,
-            "hyperparameters": dict(run.hyperparameters),
-            "metrics": checkpoint_metrics(run, state_dict),
-        },
-    }
+    return zoo_record(state_dict, run.run_id, run.task, run.arch, dict(run.arch_kwargs), seed=run.seed, epoch=epoch,
+                      hyperparameters=dict(run.hyperparameters), metrics=checkpoint_metrics(run, state_dict))
 
 
 def _groups(runs: list[RunSpec], size: int) -> Iterator[list[RunSpec]]:
