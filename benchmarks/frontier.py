@@ -1,10 +1,11 @@
-"""The rate-fidelity frontier: agreement and fidelity gain against the code size, VAE vs PCA of the same size.
+"""The rate-fidelity frontier: agreement and fidelity gain against the code size, the trained codec against the
+same refinement in a PCA and a random subspace of the same size (the controls), the encoder alone and PCA.
 
-    python benchmarks/frontier.py [--run] [--ratios 1 2 4 8 16 32 64] [--out metrics/frontier]
+    python benchmarks/frontier.py [--run] [--ratios 4 8 16 32 64] [--out metrics/frontier]
 
-Each point is a DVC experiment of this repository,
+Each point is a DVC experiment of this repository, for the codec `params.yaml` names (`train.codec`),
 
-    dvc exp run --temp -n frontier-<r>x -S train.latent_dim=<d> -S 'encode.splits=[val,test]' \\
+    dvc exp run --temp -n frontier-<codec>-<r>x -S train.latent_dim=<d> -S 'encode.splits=[val,test]' \\
         -S reconstruct.n_samples=0 evaluate
 
 with `d = round(learned weights / r)`: train, encode, reconstruct and evaluate rerun, nothing upstream
@@ -13,13 +14,13 @@ frontier point measures reconstruction only, so it encodes the val and test mode
 split, which only the sampler and the probes need) and samples nothing: a fifth of the encode stage;
 the target `evaluate` leaves the probe stage (which needs training-split codes) out.
 `--run` runs the missing ones (one after another; each takes minutes on 2 cores), then the script reads
-every `frontier-*` experiment's `metrics/eval.json` from `dvc exp show --json --all-commits` (of any
-commit; the newest run of a name wins) and writes `<out>.json` (one row per point: latent size,
-compression, and for `vae` and `pca` agreement, fidelity gain vs the oracle substitute, retention and
-R^2, beside the substitutes) and `<out>.png`
-(agreement and fidelity gain against compression, the substitutes as horizontal lines).
-The workspace's own results (the default params.yaml after `dvc repro`) stand for the point at its
-`train.latent_dim`. Without `--run` it only collects what is there. Prints the JSON.
+every `frontier-<codec>-*` experiment's `metrics/eval.json` from `dvc exp show --json --all-commits` (of any
+commit; the newest run of a name wins) and writes `<out>.json` (one row per point: latent size, compression,
+and for `vae`, the controls, `vae_encoder` and `pca` agreement, fidelity gain vs the oracle substitute,
+retention and R^2, beside the substitutes) and `<out>.png` (agreement and fidelity gain against
+compression, the substitutes as horizontal lines).
+The workspace's own results (params.yaml after `dvc repro`) stand for the point at its
+`train.latent_dim` when that is a count. Without `--run` it only collects what is there. Prints the JSON.
 """
 
 import argparse
@@ -31,6 +32,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: what every frontier point changes besides the latent size: reconstruction only, no training-split codes
 POINT = ("-S", "encode.splits=[val,test]", "-S", "reconstruct.n_samples=0")
+RATIOS = (4, 8, 16, 32, 64)
+
+
+def codec() -> str:
+    """The codec params.yaml trains (`train.codec`): a frontier is of one codec."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["codec"]
+
+
+def point_names(codec: str, ratios, weights: int) -> dict[str, int]:
+    """experiment name -> latent size of each point."""
+    return {f"frontier-{codec}-{r:g}x": max(1, round(weights / r)) for r in ratios}
 
 
 def _dvc(*args: str) -> str:
@@ -92,7 +106,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    ax1.plot(x, [r["vae"]["agreement"] for r in rows], "o-", label="VAE (refined codes)")
+    ax1.plot(x, [r["vae"]["agreement"] for r in rows], "o-", label="trained codec (refined codes)")
     ax1.plot(x, [r["pca"]["agreement"] for r in rows], "s--", label="PCA, same size")
     for name, style, label in (("vae_encoder", "o:", "encoder alone"), ("pca_refined", "^--", "PCA + refinement"),
                                ("random_refined", "v--", "random subspace + refinement")):
@@ -102,7 +116,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax1.axhline(rows[0][name]["agreement"], color="0.4", ls=style, lw=1, label=f"substitute: {name}")
     ax1.set(xscale="log", xlabel="compression (learned weights / latent values)", ylabel="agreement with the original",
             ylim=(0, 1.02), title="Held-out agreement")
-    ax2.plot(x, [r["fidelity_gain_vs_oracle"] for r in rows], "o-", label="VAE")
+    ax2.plot(x, [r["fidelity_gain_vs_oracle"] for r in rows], "o-", label="trained codec")
     ax2.axhline(0, color="0.4", ls=":", lw=1, label="= the oracle substitute")
     ax2.set(xscale="log", xlabel="compression", ylabel="fidelity gain vs the oracle substitute",
             title="Fidelity gain (1: identical predictions)")
@@ -129,11 +143,11 @@ def _collect(names: dict[str, int]) -> dict[str, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="store_true", help="run the missing experiments first")
-    ap.add_argument("--ratios", type=float, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     ap.add_argument("--weights", type=int, default=1706, help="learned weights per model (default CNN: 1706)")
     ap.add_argument("--out", default="metrics/frontier", help="output stem: <out>.json and <out>.png")
     args = ap.parse_args()
-    names = {f"frontier-{r:g}x": max(1, round(args.weights / r)) for r in args.ratios}
+    names = point_names(codec(), args.ratios, args.weights)
     have = _collect(names)
     if args.run:
         for name, dim in names.items():

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {
@@ -32,11 +33,12 @@ SMOKE = {
 def _frontier(out):
     """Every experiment of the default ratios is a point or missing; a point's latent is 1,706 weights / its ratio
     and its PCA fidelity gain is 1 - (1 - PCA's agreement) / (1 - the oracle's)."""
-    names = {f"frontier-{r}x" for r in (1, 2, 4, 8, 16, 32, 64)}
+    codec = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["codec"]
+    names = {f"frontier-{codec}-{r}x" for r in (4, 8, 16, 32, 64)}
     points = {p["experiment"]: p for p in out["points"]}
     assert set(points) | set(out["missing"]) == names and not set(points) & set(out["missing"])
     for name, p in points.items():
-        assert p["latent_size"] == round(1706 / int(name.split("-")[1][:-1]))
+        assert p["latent_size"] == round(1706 / int(name.split("-")[-1][:-1]))
         assert p["compression"] == pytest.approx(1706 / p["latent_size"])
         gain = 1 - (1 - p["pca"]["agreement"]) / (1 - p["oracle_train"]["agreement"])
         assert p["pca_fidelity_gain_vs_oracle_of_means"] == pytest.approx(gain)
