@@ -1,7 +1,8 @@
 """The headline bar on zoos of architectures weightvae does not build in: does a 4x code of *your* networks
 compute what they computed?
 
-    python benchmarks/user_zoos.py [--runs 64] [--epochs 3] [--out DIR] [--zoos gelu_cnn tab_mlp] [--tiny]
+    python benchmarks/user_zoos.py [--runs 64] [--epochs 3] [--compression R] [--out DIR] [--zoos gelu_cnn tab_mlp]
+        [--tiny]
 
 For each zoo of `tests/user_nets.py` (a GELU / average-pooling CNN on its own split of digits; an MLP on
 scikit-learn's wine table), `--runs` networks are really trained (Adam, varied learning rate, weight decay and
@@ -11,8 +12,9 @@ README says) runs `dvc repro evaluate` (ingest -> train -> encode -> reconstruct
 `metrics/eval.json` (test split) the bar the default zoo passes:
 compression >= 4x, fidelity gain vs the oracle substitute >= 0.5, retention >= 0.99, agreement >= PCA of the same
 size + 0.3. Prints JSON: each zoo's figures, each criterion's pass/fail, and the seconds each part took.
-`--tiny`: 12 runs x 2 epochs and the CI-sized params of tests/ci_params.yaml (a smoke run; the bar is reported,
-not expected to pass). A full run (64 runs x 3 checkpoints each) takes on the order of an hour on 2 CPU cores.
+`--compression R` sets `train.compression` (default: params.yaml's, 16). `--tiny`: 12 runs x 2 epochs and the
+CI-sized params of tests/ci_params.yaml (a smoke run; the bar is reported, not expected to pass). A full run
+(64 runs x 3 checkpoints each) takes minutes on 2 CPU cores (128 runs of both zoos: about 10 minutes).
 """
 
 import argparse
@@ -70,12 +72,14 @@ def bar(head: dict, group: str) -> dict:
     return {"figures": figures, "passes": passes, "all_pass": all(passes.values())}
 
 
-def run_zoo(arch: str, root: Path, runs: int, epochs: int, tiny: bool) -> dict:
+def run_zoo(arch: str, root: Path, runs: int, epochs: int, tiny: bool, compression: float | None = None) -> dict:
     t0 = time.perf_counter()
     zoo = root / f"{arch}_zoo"
     records = train_zoo(arch, zoo, runs=runs, epochs=epochs)
     t_zoo = time.perf_counter() - t0
     overrides = {} if tiny else default_sizes()
+    if compression is not None:
+        overrides.setdefault("train", {})["compression"] = compression
     # a tiny zoo needs larger val/test shares to have any networks there
     overrides.update(ingest={"zoo_dir": str(zoo), **({"split": [0.5, 0.25, 0.25]} if tiny else {})},
                      registry=REGISTRY)
@@ -104,6 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3, help="checkpoints per run (one after each epoch)")
+    ap.add_argument("--compression", type=float, default=None, help="train.compression (default: params.yaml's)")
     ap.add_argument("--zoos", nargs="+", default=sorted(TASKS), choices=sorted(TASKS))
     ap.add_argument("--out", type=Path, default=None, help="keep the zoos and repository copies here")
     ap.add_argument("--tiny", action="store_true", help="12 runs x 2 epochs, CI-sized params: a smoke run")
@@ -114,7 +119,7 @@ def main() -> None:
     root = args.out or Path(tempfile.mkdtemp(prefix="weightvae-user-zoos-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        results = {arch: run_zoo(arch, root, runs, epochs, args.tiny) for arch in args.zoos}
+        results = {arch: run_zoo(arch, root, runs, epochs, args.tiny, args.compression) for arch in args.zoos}
     except (AssertionError, subprocess.CalledProcessError) as e:
         keep = f"outputs under {root}" if args.out else "rerun with --out DIR to keep the outputs"
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
@@ -123,7 +128,8 @@ def main() -> None:
     finally:
         if args.out is None:
             shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps({"tiny": args.tiny, "results": results}, indent=1))
+    print(json.dumps({"tiny": args.tiny, "runs": runs, "compression": args.compression, "results": results},
+                     indent=1))
 
 
 if __name__ == "__main__":

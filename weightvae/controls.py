@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from weightvae.io import atomic_path, write_json
-from weightvae.params import load_section, require
+from weightvae.params import add_inputs, load_section, require
 from weightvae.records import CONTROLS
 
 
@@ -144,8 +144,7 @@ def controls(shards: str | Path, out: str | Path, train_p, encode_p, p: Controls
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
+    add_inputs(parser, "params", "shards")
     parser.add_argument("--out", default="model_data/controls", help="refined control networks (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/controls.json", help="stage metrics (default: %(default)s)")
 

@@ -27,7 +27,7 @@ import torch
 
 from weightvae.io import write_json
 from weightvae.latents import write_latents
-from weightvae.params import load_section, require
+from weightvae.params import INPUTS, add_inputs, load_section, require
 from weightvae.progress import Progress
 from weightvae.shards import SPLITS
 
@@ -111,10 +111,8 @@ def _metrics(rows: list[dict[str, Any]], model, p: EncodeParams, seconds: float)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
-    parser.add_argument("--model", default="model_data/models/vae.ckpt", help="trained VAE (default: %(default)s)")
-    parser.add_argument("--out", default="model_data/latents.parquet", help="latents table (default: %(default)s)")
+    add_inputs(parser, "params", "shards", "model")
+    parser.add_argument("--out", default=INPUTS["latents"][0], help="latents table (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/encode.json", help="stage metrics (default: %(default)s)")
 
 

@@ -34,7 +34,7 @@ from weightvae.archs import ARCHITECTURES
 from weightvae.canonical import GROUPS, random_permutation
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
-from weightvae.params import StageError, load_section, require
+from weightvae.params import StageError, add_inputs, load_section, require
 from weightvae.progress import Progress
 from weightvae.records import CONTROLS, POOL_FILE, file_name, load_control, pool_key
 from weightvae.registry import ENABLE_HINT, register_params
@@ -449,12 +449,7 @@ def _training_curves(live_dir: Path) -> pd.DataFrame | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
-    parser.add_argument("--recon", default="model_data/reconstructions",
-                        help="reconstruct output (default: %(default)s)")
-    parser.add_argument("--latents", default="model_data/latents.parquet",
-                        help="encode output, for the code size (default: %(default)s)")
+    add_inputs(parser, "params", "shards", "recon", "latents")
     parser.add_argument("--controls", default=None,
                         help="controls stage output, scored as methods beside vae (e.g. model_data/controls)")
     parser.add_argument("--metrics", default="metrics/eval.json", help="headline metrics (default: %(default)s)")

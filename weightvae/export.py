@@ -25,7 +25,7 @@ import torch
 from weightvae import tensorfile
 from weightvae.io import atomic_path
 from weightvae.layout import Layout
-from weightvae.params import StageError
+from weightvae.params import StageError, add_inputs
 from weightvae.records import file_name, zoo_record
 from weightvae.shards import open_shard
 
@@ -115,9 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=KINDS, default=None,
                         help="which network of that id (default: the sample of that id if any, else the original; "
                              "a reconstruction shares its original's id)")
-    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
-    parser.add_argument("--recon", default="model_data/reconstructions",
-                        help="reconstruct output (default: %(default)s)")
+    add_inputs(parser, "shards", "recon")
 
 
 def run(args: argparse.Namespace) -> None:

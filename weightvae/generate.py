@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from weightvae.generator import GeneratorParams, LatentGenerator, group_name, zoo_prompts
-from weightvae.params import StageError, load_section, run_command
+from weightvae.params import StageError, add_inputs, load_section, run_command
 from weightvae.progress import Progress
 from weightvae.records import shard_record
 from weightvae.tensorfile import save_network
@@ -154,11 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", default=None, help="task/architecture/layout (needed when there are several)")
     parser.add_argument("--task", default=None, help="choose the group by task ...")
     parser.add_argument("--architecture", default=None, help="... and architecture")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
-    parser.add_argument("--model", default="model_data/models/vae.ckpt", help="the codec (default: %(default)s)")
-    parser.add_argument("--generator", default="model_data/models/generator.pt",
-                        help="the latent generator (default: %(default)s)")
+    add_inputs(parser, "params", "shards", "model", "generator")
     parser.add_argument("--seed", type=int, default=0, help="of the noise the codes start from (default: 0)")
     parser.add_argument("--guidance", type=float, default=None, help="default: generator.guidance of --params")
     parser.add_argument("--steps", type=int, default=None, help="Euler steps; default: generator.sample_steps")

@@ -44,7 +44,7 @@ from torch import Tensor
 from weightvae import metrics as M
 from weightvae import standardize
 from weightvae.io import write_json
-from weightvae.params import StageError, load_section, require
+from weightvae.params import StageError, add_inputs, load_section, require
 
 FLOW, FLOW_UNPROMPTED = "flow", "flow_unprompted"
 #: the novelty a generator must reach, as a share of a fresh run's (weight and function space)
@@ -311,13 +311,7 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
-    parser.add_argument("--model", default="model_data/models/vae.ckpt", help="the codec (default: %(default)s)")
-    parser.add_argument("--generator", default="model_data/models/generator.pt",
-                        help="the latent generator (default: %(default)s)")
-    parser.add_argument("--latents", default="model_data/latents.parquet",
-                        help="the encode stage's latents (default: %(default)s)")
+    add_inputs(parser, "params", "shards", "model", "generator", "latents")
     parser.add_argument("--metrics", default="metrics/generate.json", help="metrics (default: %(default)s)")
     parser.add_argument("--plot", default="metrics/plots/generation.png", help="PNG (default: %(default)s)")
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from weightvae import FORMAT_VERSION
 from weightvae.io import atomic_path, write_json
-from weightvae.params import StageError, load_section, require
+from weightvae.params import INPUTS, StageError, add_inputs, load_section, require
 
 
 @dataclass(frozen=True)
@@ -268,11 +268,8 @@ def training_codes(shards: str | Path, latents: str | Path) -> tuple[Tensor, lis
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
-    parser.add_argument("--latents", default="model_data/latents.parquet",
-                        help="the encode stage's latents (default: %(default)s)")
-    parser.add_argument("--out", default="model_data/models/generator.pt", help="the generator (default: %(default)s)")
+    add_inputs(parser, "params", "shards", "latents")
+    parser.add_argument("--out", default=INPUTS["generator"][0], help="the generator (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/generator.json", help="stage metrics (default: %(default)s)")
 
 

@@ -32,6 +32,23 @@ class StageError(ValueError):
     and what to do. `run_command` prints it as one line, without a traceback, and exits with 1."""
 
 
+#: The pipeline's artefacts that several commands read: `--<name>`'s default (where dvc.yaml puts it; a test
+#: keeps them equal) and what it is.
+INPUTS = {"params": ("params.yaml", "params file"),
+          "shards": ("model_data/shards", "ingest output"),
+          "model": ("model_data/models/vae.ckpt", "the trained codec"),
+          "latents": ("model_data/latents.parquet", "the encode stage's latents"),
+          "generator": ("model_data/models/generator.pt", "the latent generator"),
+          "recon": ("model_data/reconstructions", "the reconstruct stage's networks")}
+
+
+def add_inputs(parser: Any, *names: str) -> None:
+    """`--<name>` for each of `names` (keys of `INPUTS`) on an argparse parser."""
+    for name in names:
+        default, what = INPUTS[name]
+        parser.add_argument(f"--{name}", default=default, help=f"{what} (default: %(default)s)")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():

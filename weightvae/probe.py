@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from weightvae.io import atomic_path, write_json
-from weightvae.params import StageError, load_section, require
+from weightvae.params import StageError, add_inputs, load_section, require
 from weightvae.progress import Progress
 from weightvae.shards import SPLITS, open_shard
 
@@ -424,10 +424,7 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
-    parser.add_argument("--latents", default="model_data/latents.parquet",
-                        help="encode output (default: %(default)s)")
+    add_inputs(parser, "params", "shards", "latents")
     parser.add_argument("--metrics", default="metrics/probe.json", help="probe metrics (default: %(default)s)")
     parser.add_argument("--table", default="metrics/probe_models.csv",
                         help="per-model test predictions (default: %(default)s)")

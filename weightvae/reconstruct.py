@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from weightvae.io import atomic_path, write_json
-from weightvae.params import StageError, load_section, require
+from weightvae.params import INPUTS, StageError, add_inputs, load_section, require
 from weightvae.progress import Progress
 from weightvae.records import POOL_FILE, pool_key, shard_record
 from weightvae.tensorfile import save_network
@@ -194,14 +194,8 @@ def _group(props: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
-    parser.add_argument("--model", default="model_data/models/vae.ckpt", help="trained VAE (default: %(default)s)")
-    parser.add_argument("--latents", default="model_data/latents.parquet",
-                        help="the encode stage's latents (default: %(default)s)")
-    parser.add_argument("--generator", default="model_data/models/generator.pt",
-                        help="the latent generator, for sampler: flow (default: %(default)s)")
-    parser.add_argument("--out", default="model_data/reconstructions", help="output folder (default: %(default)s)")
+    add_inputs(parser, "params", "shards", "model", "latents", "generator")
+    parser.add_argument("--out", default=INPUTS["recon"][0], help="output folder (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> None:

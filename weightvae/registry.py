@@ -4,7 +4,8 @@
       architectures: {mynet: "mypkg.nets:build_mynet"}   # build_mynet(**stored kwargs) -> nn.Module
       tasks: {mytask: "mypkg.data:load_mytask"}          # load_mytask() -> weightvae.tasks.TaskData
 
-Each stage's `run()` calls `register_params(params file)` before it works. `register` imports each callable and adds it to `weightvae.archs.ARCHITECTURES` /
+Each stage's `run()` calls `register_params(params file)` before it works. `register` imports each callable
+and adds it to `weightvae.archs.ARCHITECTURES` /
 `weightvae.tasks.TASKS`, so a model whose stored architecture is `mynet` and task `mytask` is
 rebuilt and run like a built-in one. Modules are imported as `python -m` would find them: the
 installed packages, then the working directory (the repository root under `dvc repro`). Built-in

@@ -23,7 +23,7 @@ import torch
 
 from weightvae.config import TrainParams, resolve_latent
 from weightvae.io import atomic_path, write_json
-from weightvae.params import load_section, require
+from weightvae.params import INPUTS, add_inputs, load_section, require
 
 #: the checkpoints train writes in `--ckpt-dir` (`<name>.ckpt`): the only files there a fresh run removes
 CHECKPOINTS = ("best", "last")
@@ -304,9 +304,8 @@ def repair_live_summary(live_dir: str | Path, log=print) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument("--shards", default="model_data/shards", help="ingest output (default: %(default)s)")
-    parser.add_argument("--out", default="model_data/models/vae.ckpt", help="exported model (default: %(default)s)")
+    add_inputs(parser, "params", "shards")
+    parser.add_argument("--out", default=INPUTS["model"][0], help="exported model (default: %(default)s)")
     parser.add_argument("--ckpt-dir", default="model_data/models/lightning",
                         help="Lightning checkpoints, kept for train.resume (default: %(default)s)")
     parser.add_argument("--live-dir", default="metrics/train", help="DVCLive folder (default: %(default)s)")

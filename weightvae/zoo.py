@@ -30,7 +30,7 @@ from torch import Tensor
 
 from weightvae.archs import ARCHITECTURES, build_model, evaluate_model, get_architecture, hidden_width
 from weightvae.io import atomic_path, write_json
-from weightvae.params import load_section, require
+from weightvae.params import add_inputs, load_section, require
 from weightvae.progress import Progress
 from weightvae.records import zoo_record
 from weightvae.tasks import TASKS, TaskData, get_task
@@ -292,7 +292,7 @@ def summarize(records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    add_inputs(parser, "params")
     parser.add_argument("--out", default="model_data/weights", help="zoo folder to (re)write (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/zoo.json", help="summary JSON (default: %(default)s)")
 

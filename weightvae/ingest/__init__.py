@@ -39,7 +39,7 @@ from weightvae.ingest.params import IngestError, IngestParams, split_of
 from weightvae.ingest.pool import results
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
-from weightvae.params import load_section
+from weightvae.params import INPUTS, add_inputs, load_section
 from weightvae.progress import Progress
 from weightvae.shards import SPLITS
 
@@ -171,9 +171,9 @@ _FEW = ("task", "architecture", "arch_kwargs", "hyperparameters")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    add_inputs(parser, "params")
     parser.add_argument("--zoo-dir", default=None, help="zoo folder; overrides ingest.zoo_dir if given")
-    parser.add_argument("--out", default="model_data/shards", help="shard folder to (re)write (default: %(default)s)")
+    parser.add_argument("--out", default=INPUTS["shards"][0], help="shard folder to (re)write (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/ingest.json", help="summary JSON (default: %(default)s)")
 
 
