@@ -17,7 +17,7 @@ defaults: probe batch 16 of all the task's training inputs, Adam from the encode
 `--networks` test-split networks, with each forward in turn, the VAE the train stage starts from (whitened PCA
 of the training split, `train:` defaults; training changes the weights, not the cost); 0 steps (the fixed cost:
 the KL before and after on every probe input) and `--refine-steps` steps timed, the per-step cost scaled to
-`encode.refine_steps` (1,600): networks/s of the stage's refinement. The issue's bar: the
+`encode.refine_steps` (its default): networks/s of the stage's refinement. The bar: the
 generic forward's encode throughput >= 0.5x the hand-written one's.
 Threads: torch's default (the `WEIGHTVAE_*` pinning of the stages is not applied). Prints JSON.
 """
@@ -110,7 +110,7 @@ def measure(arch: str, networks: int, probes: int, repeats: int, seed: int = 0) 
     return out
 
 
-def encode_throughput(shards: Path, networks: int, steps: int, repeats: int, stage_steps: int = 1600) -> dict:
+def encode_throughput(shards: Path, networks: int, steps: int, repeats: int, stage_steps: int | None = None) -> dict:
     """Refinement of `networks` test-split networks with the hand-written and the generic forward, in turns."""
     from weightvae import archs
     from weightvae.data import ZooDataModule, ZooDataset
@@ -119,6 +119,7 @@ def encode_throughput(shards: Path, networks: int, steps: int, repeats: int, sta
     from weightvae.train import TrainParams, functional_info, initial_module
 
     p, e = TrainParams(accelerator="cpu"), EncodeParams()
+    stage_steps = e.refine_steps if stage_steps is None else stage_steps
     layouts = json.loads((shards / "layouts.json").read_text())
     train_ds = ZooDataset(shards, "train", normalize=p.normalize)
     n_layers = max(sum(x["learned"] for x in lay["entries"]) for lay in layouts.values())

@@ -5,14 +5,14 @@ same refinement in a PCA and a random subspace of the same size (the controls), 
 
 Each point is a DVC experiment of this repository, for the codec `params.yaml` names (`train.codec`),
 
-    dvc exp run --temp -n frontier-<codec>-<r>x -S train.latent_dim=<d> -S 'encode.splits=[val,test]' \\
-        -S reconstruct.n_samples=0 evaluate
+    dvc exp run --temp -n frontier-<codec>-<r>x -S train.latent_dim=<d> -S reconstruct.n_samples=0 \\
+        -S generator.steps=10 evaluate
 
 with `d = round(learned weights / r)`: train, encode, reconstruct and evaluate rerun, nothing upstream
 (`--temp` runs it in a scratch copy of the committed code, so the workspace keeps its own params). A
-frontier point measures reconstruction only, so it encodes the val and test models (not the training
-split, which only the sampler and the probes need) and samples nothing: a fifth of the encode stage;
-the target `evaluate` leaves the probe stage (which needs training-split codes) out.
+frontier point measures reconstruction only, so it samples nothing, and the generator stage that reconstruct
+depends on trains for 10 steps only (no sample of it is scored); the target `evaluate` leaves the probe and
+generation stages out.
 `--run` runs the missing ones (one after another; each takes minutes on 2 cores), then the script reads
 every `frontier-<codec>-*` experiment's `metrics/eval.json` from `dvc exp show --json --all-commits` (of any
 commit; the newest run of a name wins) and writes `<out>.json` (one row per point: latent size, compression,
@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: what every frontier point changes besides the latent size: reconstruction only, no training-split codes
-POINT = ("-S", "encode.splits=[val,test]", "-S", "reconstruct.n_samples=0")
+POINT = ("-S", "reconstruct.n_samples=0", "-S", "generator.steps=10")
 RATIOS = (4, 8, 16, 32, 64)
 
 

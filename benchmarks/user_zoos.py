@@ -58,6 +58,9 @@ def bar(head: dict, group: str) -> dict:
                "original_acc": g.get("original_acc"), "retention": vae.get("retention"),
                "agreement": vae.get("agreement"), "pca_agreement": pca.get("agreement"),
                "fidelity_gain_vs_oracle": g.get("fidelity_gain_vs_oracle"),
+               "vae_encoder_agreement": m.get("vae_encoder", {}).get("agreement"),
+               "pca_refined_agreement": m.get("pca_refined", {}).get("agreement"),
+               "random_refined_agreement": m.get("random_refined", {}).get("agreement"),
                "oracle_agreement": m.get("oracle_train", {}).get("agreement"),
                "random_train_agreement": m.get("random_train", {}).get("agreement")}
 

@@ -96,6 +96,8 @@ def _user_zoos(out: dict) -> bool:
         f = r["figures"]
         assert f["compression_ratio"] == pytest.approx(f["learned_weights"] / f["latent_size"])
         assert r["passes"]["compression >= 4"] == (f["compression_ratio"] >= 4)
+        assert r["passes"]["agreement >= pca + 0.3"] == (f["agreement"] >= f["pca_agreement"] + 0.3)
+        assert all(0 <= f[f"{m}_agreement"] <= 1 for m in ("vae_encoder", "pca_refined", "random_refined"))
         assert r["all_pass"] == all(r["passes"].values())
     return True
 
