@@ -18,6 +18,7 @@ from weightvae.params import require
 #: Lightning's precision names (`Trainer(precision=...)`).
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
+
 @dataclass(frozen=True)
 class TrainParams:
     """`train:` section of params.yaml; the defaults are params.yaml's (a test keeps them equal)."""
