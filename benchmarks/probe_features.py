@@ -44,6 +44,7 @@ import torch
 
 from weightvae import standardize
 from weightvae.behaviour import flat_logits, probe_inputs
+from weightvae.config import TrainParams, latent_size
 from weightvae.layout import Layout
 from weightvae.nets import LinearVAE, VAEConfig
 from weightvae.params import load_section
@@ -58,7 +59,7 @@ from weightvae.probe import (
     weight_stats,
 )
 from weightvae.shards import SPLITS, open_shard
-from weightvae.train import TrainParams, latent_size, scale_group_sizes
+from weightvae.train import scale_group_sizes
 
 TARGETS = ("test_acc", "epoch", "lr")
 NONLINEAR = ("log_std", "sW", "sW+log_std")  # small enough for kernel ridge on every training row
