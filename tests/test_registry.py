@@ -249,7 +249,7 @@ def test_a_registration_left_under_evaluate_is_told_where_it_moved(key, tmp_path
 
 
 def test_a_task_with_fewer_training_inputs_than_probe_count_probes_them_all():
-    """Wine's training split has 124 rows, fewer than train.probe_count's 128: the function codec's encoder reads
+    """Wine's training split has 125 rows, fewer than train.probe_count's 128: the function codec's encoder reads
     the network's outputs on all of them (40 here, x 10 classes), and a training step runs."""
     from weightvae.layout import Layout
     from weightvae.train import TrainParams, build_module
