@@ -105,6 +105,7 @@ def test_a_user_module_missing_from_a_stages_deps_is_named(tmp_path):
 def test_the_commands_default_inputs_are_where_dvc_yaml_puts_them():
     """`weightvae <stage>` run by hand reads what `dvc repro` gave it: every `--<name> PATH` of a stage's cmd for a
     name of `weightvae.params.INPUTS` is that input's default."""
+    import itertools
     import shlex
 
     from weightvae.params import INPUTS
@@ -112,7 +113,7 @@ def test_the_commands_default_inputs_are_where_dvc_yaml_puts_them():
     seen = set()
     for name, stage in STAGES.items():
         words = shlex.split(stage["cmd"])
-        for flag, value in zip(words, words[1:]):
+        for flag, value in itertools.pairwise(words):
             if flag.startswith("--") and flag[2:] in INPUTS:
                 assert value == INPUTS[flag[2:]][0], (name, flag, value)
                 seen.add(flag[2:])
