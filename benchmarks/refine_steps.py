@@ -92,10 +92,19 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     enc = load_section(args.params, "encode", EncodeParams)
     train_p = load_section(args.params, "train", TrainParams)
-    model = VAE.from_export(args.model)
+    out = curves(VAE.from_export(args.model), args.shards, enc, train_p, args.steps, args.models, args.seed)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(out, indent=2))
+
+
+def curves(model: VAE, shards, enc: EncodeParams, train_p: TrainParams, steps: list[int], models: int, seed: int,
+           controls: bool = True) -> dict:
+    """Agreement after each step count of `steps` on a seeded subset of `models` test networks, refined from
+    `model`'s encoder (`vae`) and, with `controls`, from the projections onto the PCA and random subspaces of its
+    size (`pca_refined`, `random_refined`)."""
     (lid,) = model.layout_ids  # one layout, as the default zoo
-    test = ZooDataset(args.shards, "test", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
-    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[:args.models].sort().values
+    test = ZooDataset(shards, "test", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:models].sort().values
     batch = ZooDataModule.loader(torch.utils.data.Subset(test, pick.tolist()), batch_size=len(pick))
     batch = next(iter(batch))
     x = batch["weight"]
@@ -103,26 +112,26 @@ def run(args: argparse.Namespace) -> None:
     keys = model.batch_function_keys(batch, lids)
     with torch.no_grad():
         starts = {"vae": (model, model.encode(batch).mode())}
-    train = ZooDataset(args.shards, "train", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
-    train_x = torch.stack([train.vector(i) for i in range(len(train))])
-    linear = linear_params(train_p, model.latent_size())
-    for kind in ("pca", "random"):
-        c = build_module(linear, model.cfg.max_len, [lid], 1, model.functional)
-        c.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith("norm_")}, strict=False)
-        c = subspace_module(kind, train_x, model.latent_size(), c, seed=0)
-        with torch.no_grad():
-            starts[f"{kind}_refined"] = (c, c.net.encode(x).mode())
+    if controls:
+        train = ZooDataset(shards, "train", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
+        train_x = torch.stack([train.vector(i) for i in range(len(train))])
+        linear = linear_params(train_p, model.latent_size())
+        for kind in ("pca", "random"):
+            c = build_module(linear, model.cfg.max_len, [lid], 1, model.functional)
+            c.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith("norm_")}, strict=False)
+            c = subspace_module(kind, train_x, model.latent_size(), c, seed=0)
+            with torch.no_grad():
+                starts[f"{kind}_refined"] = (c, c.net.encode(x).mode())
     out = {"models": len(pick), "latent_size": model.latent_size(), "refine_lr": enc.refine_lr,
-           "probe_count": enc.probe_count, "probe_batch": enc.probe_batch, "steps": args.steps,
+           "probe_count": enc.probe_count, "probe_batch": enc.probe_batch, "steps": list(steps),
            "agreement": {name: [] for name in starts}}
-    for steps in args.steps:
+    for n in steps:
         for name, (m, z0) in starts.items():
-            z, _, _ = refine(m, z0, x, lids, keys, steps, enc.refine_lr, enc.probe_count, enc.probe_batch, enc.seed)
+            z, _, _ = refine(m, z0, x, lids, keys, n, enc.refine_lr, enc.probe_count, enc.probe_batch, enc.seed)
             out["agreement"][name].append(agreement(m, z, x, lids, keys))
-        print(f"{steps} steps: " + ", ".join(f"{n} {v[-1]:.3f}" for n, v in out["agreement"].items()),
+        print(f"{n} steps: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in out["agreement"].items()),
               file=sys.stderr, flush=True)
-    out["seconds"] = round(time.perf_counter() - t0, 1)
-    print(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ SMOKE = {
     "forward.py": ["--networks", "4", "--probes", "8", "--repeats", "1", "--shards", "no-such-folder"],
     "user_zoos.py": ["--tiny"],
     "refine_steps.py": ["--tiny"],
+    "codec_variants.py": ["--tiny"],
 }
 
 
@@ -110,6 +111,17 @@ def _refine_steps(out: dict) -> bool:
     return all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in out["agreement"].values())
 
 
+def _codec_variants(out: dict) -> bool:
+    """The two variants of the smoke run, each judged from its encoder and after refinement, the controls once;
+    the best is the one whose refined agreement is highest, and its margins over the controls are differences."""
+    assert out["models"] == 4 and out["refine_steps"] == 2 and list(out["variants"]) == ["default", "input_noise_0.1"]
+    assert out["variants"]["input_noise_0.1"]["overrides"] == {"input_noise": 0.1}
+    assert out["best"] == max(out["variants"], key=lambda v: out["variants"][v]["refined"])
+    for c, a in out["controls"].items():
+        assert out["best_over_controls"][c] == pytest.approx(out["variants"][out["best"]]["refined"] - a)
+    return all(0 <= v[k] <= 1 for v in out["variants"].values() for k in ("encoder", "refined"))
+
+
 CHECKS = {
     "ingest.py": lambda out: [(e["workers_1"]["models"], e["workers_2"]["models"], e["loader"]["batch_size"])
                               for e in out["sizes"].values()] == [(20, 20, 64)],
@@ -126,6 +138,7 @@ CHECKS = {
     "forward.py": _forward,
     "user_zoos.py": _user_zoos,
     "refine_steps.py": _refine_steps,
+    "codec_variants.py": _codec_variants,
 }
 
 

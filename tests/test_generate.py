@@ -84,6 +84,7 @@ def test_generated_networks_load_without_weightvae_and_ingest_back_bit_for_bit(b
         rec = torch.load(pt, weights_only=True)
         props = rec["model_properties"]
         assert props["sampler"] == "flow" and props["prompted_accuracy"] == pytest.approx((lo + hi) / 2)
+        assert props["select_from"] == GeneratorParams().select_from == 16  # the nearest of 16 draws was kept
         assert (props["task"], props["architecture"]["name"], props["run_id"]) == ("digits", "cnn", pt.stem)
         tensors = load_file(pt.with_suffix(".safetensors"))
         assert tensors.keys() == rec["state_dict"].keys()
@@ -128,7 +129,8 @@ def test_the_same_seed_gives_the_same_bytes(base, tmp_path):
     t = t[(t.split == "train") & (t.architecture == "mlp")]
     finals = set(t[t.epoch == t.groupby("run_id").epoch.transform("max")].test_acc.astype("float32").tolist())
     for pt in sorted((tmp_path / "a").glob("*.pt")):
-        assert torch.load(pt, weights_only=True)["model_properties"]["prompted_accuracy"] in finals
+        props = torch.load(pt, weights_only=True)["model_properties"]
+        assert props["prompted_accuracy"] in finals and props["select_from"] == 1  # a drawn prompt: one draw
 
 
 @pytest.mark.parametrize("args, pattern", [

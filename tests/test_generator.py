@@ -12,7 +12,14 @@ from weightvae import metrics as M
 from weightvae.archs import build_model
 from weightvae.canonical import canonicalize, random_permutation
 from weightvae.generation import Reference, prompt_alignment, summary
-from weightvae.generator import GeneratorError, GeneratorParams, LatentGenerator, train_generator, zoo_prompts
+from weightvae.generator import (
+    GeneratorError,
+    GeneratorParams,
+    LatentGenerator,
+    prompted_codes,
+    train_generator,
+    zoo_prompts,
+)
 from weightvae.layout import Layout
 
 
@@ -121,6 +128,30 @@ def test_prompts_and_groups_move_the_samples_where_asked():
     assert low[:, 1].mean() > 2
     with pytest.raises(GeneratorError, match="'c/mlp/00000000' is not one the generator was trained on"):
         model.sample("c/mlp/00000000", 1)
+
+
+def test_a_prompted_code_is_the_draw_whose_network_is_nearest_its_prompt():
+    """Of `select_from` draws per prompt, the one whose accuracy (here the first value / 4, what the test codes say)
+    is nearest: each kept code is one of its own prompt's draws, picked by hand; with one draw, the flow's as is."""
+    z, groups, acc = _codes()
+    model, _ = train_generator(z, groups, acc, P, log=lambda *_: None)
+    prompts, k, name = torch.tensor([0.2, 0.5, 0.8]), 5, "a/mlp/00000000"
+
+    def accuracy(codes):
+        return codes[:, 0].double() / 4
+
+    picked = prompted_codes(model, name, prompts, GeneratorParams(select_from=k), 2.0, 8,
+                            torch.Generator().manual_seed(4), accuracy)
+    draws = model.sample(name, 3 * k, prompts.repeat_interleave(k), 2.0, 8, torch.Generator().manual_seed(4),
+                         1.0).view(3, k, -1)
+    for i, a in enumerate(prompts.tolist()):
+        best = min(range(k), key=lambda j: abs(float(draws[i, j, 0]) / 4 - a))
+        assert torch.equal(picked[i], draws[i, best])
+    assert (accuracy(picked) - prompts).abs().max() <= (accuracy(draws.flatten(0, 1)).view(3, k)
+                                                         - prompts[:, None]).abs().max()
+    first = prompted_codes(model, name, prompts, GeneratorParams(select_from=1), 2.0, 8,
+                           torch.Generator().manual_seed(4), lambda c: 1 / 0)  # one draw: nothing is run
+    assert torch.equal(first, model.sample(name, 3, prompts, 2.0, 8, torch.Generator().manual_seed(4), 1.0))
 
 
 def test_zoo_prompts_come_from_the_training_runs_final_checkpoints():

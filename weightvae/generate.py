@@ -3,10 +3,12 @@
 Draws `-n` codes of one (task, architecture, layout) group from the generator (`weightvae.generator`, the stage
 `generator`), prompted with `--accuracy` at `generator.prompt_temperature` (left out: each network's accuracy
 drawn from the training runs' final checkpoints, as a fresh run's would be, at `generator.temperature`), decodes
-them with the codec (`train`) and writes each network twice, into a new folder `--out` (written aside, then renamed
-into place; an existing folder that is not empty is refused, never replaced):
+them with the codec (`train`) and writes each network twice, into a new folder `--out` (written aside, then
+renamed into place; an existing folder that is not empty is refused, never replaced). A prompted network is the
+nearest to its prompt of `generator.select_from` draws, by its accuracy on the task's training inputs
+(`prompted_codes`).
     <out>/flow-<task>-<arch>-<layout>-s<seed>-<i>.pt   zoo file schema plus `sampler: "flow"`, `prompted_accuracy`
-                                                        (asked for or drawn), `guidance` and `seed`
+                                                        (asked for or drawn), `guidance`, `seed`, `select_from`
     <out>/<same name>.safetensors                      the same tensors and properties (`weightvae.tensorfile`)
 `weightvae ingest` reads either kind back (the folder as it is holds every network twice: ingest one suffix, or
 set `ingest.on_error: skip`). A joint zoo has several groups: choose one with `--group task/arch/layout` or
@@ -27,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from weightvae.generator import GeneratorParams, LatentGenerator, group_name, zoo_prompts
+from weightvae.generator import GeneratorParams, LatentGenerator, group_name, prompted_codes, zoo_prompts
 from weightvae.params import StageError, add_inputs, load_section, run_command
 from weightvae.progress import Progress
 from weightvae.records import shard_record
@@ -95,8 +97,10 @@ def generate(args: argparse.Namespace) -> int:
     for path, what, stage in ((args.model, "codec", "train"), (shards / "models.parquet", "ingested zoo", "ingest")):
         if not Path(path).exists():
             raise GenerateError(f"{path}: no {what} here; make it first (dvc repro {stage})")
+    from weightvae import metrics as M
     from weightvae.data import split_properties
     from weightvae.model import VAE
+    from weightvae.tasks import get_task
 
     vae = VAE.from_export(str(args.model))
     props = next((r for r in split_properties(shards, "train").values()
@@ -105,6 +109,7 @@ def generate(args: argparse.Namespace) -> int:
         raise GenerateError(f"{shards}: no training network of group {group}; use the shards the generator was "
                             "trained on (--shards)")
     task, arch, lid = props["task"], props["architecture"], props["layout_id"]
+    data = get_task(task)  # a prompted network is chosen by its accuracy on the task's training inputs
     if vae.latent_size(lid) != flow.dim:
         raise GenerateError(f"the generator's codes have {flow.dim} values, the codec's {vae.latent_size(lid)}: "
                             "they are of different runs; retrain the generator (dvc repro generator)")
@@ -116,23 +121,30 @@ def generate(args: argparse.Namespace) -> int:
         table = pd.read_parquet(shards / "models.parquet")
         prompts = zoo_prompts(table[(table.split == "train") & (table.task == task) & (table.architecture == arch)
                                     & (table.layout_id == lid)], args.n, gen)
-        temperature = p.temperature
     else:
-        prompts, temperature = torch.full((args.n,), acc), p.prompt_temperature
+        prompts = torch.full((args.n,), acc)
+
+    def state_dicts(z: torch.Tensor) -> list:
+        return vae.reconstruct_to_model_weights(vae.decode(z, [lid] * len(z)), [props] * len(z))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))  # as atomic_path
     try:
         (folder := tmp / out.name).mkdir()
         with Progress("generate", total=args.n, unit="networks") as bar, torch.no_grad():
-            z = flow.sample(group, args.n, prompts, guidance, steps, gen, temperature)
+            if acc is None:
+                z = flow.sample(group, args.n, prompts, guidance, steps, gen, p.temperature)
+            else:
+                z = prompted_codes(flow, group, prompts, p, guidance, steps, gen,
+                                   lambda c: M.accuracy(M.predictions(arch, props.get("arch_kwargs"), state_dicts(c),
+                                                                      data.x_train), data.y_train))
             for start in range(0, args.n, BATCH):
-                batch = z[start:start + BATCH]
-                sds = vae.reconstruct_to_model_weights(vae.decode(batch, [lid] * len(batch)), [props] * len(batch))
+                sds = state_dicts(z[start:start + BATCH])
                 for i, sd in enumerate(sds, start):
                     sid = f"flow-{task}-{arch}-{lid[:8]}-s{args.seed}-{i:04d}"
                     rec = shard_record(sd, {**props, "run_id": sid, "epoch": None}, sampler="flow",
                                        prompted_accuracy=None if prompts is None else float(prompts[i]),
-                                       guidance=guidance, seed=args.seed)
+                                       guidance=guidance, seed=args.seed,
+                                       select_from=1 if acc is None else p.select_from)
                     save_network(rec, folder, sid)
                 bar.update(len(sds))
         try:  # unlike atomic_path, never replaces a folder that filled up meanwhile: rename(2) refuses it

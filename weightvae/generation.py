@@ -19,8 +19,11 @@ Methods, `n_samples` networks each per (task, architecture, layout) group:
   `average_<k>` (the average of k training runs' final networks), `gaussian_codes` (a full-covariance Gaussian
   fitted to the training runs' final codes).
 Conditioning (G.pt's prompt alignment): `prompts` accuracies spread evenly over the group's training range,
-`per_prompt` samples each at `generator.prompt_temperature`; R² and mean absolute error between prompted and
-achieved accuracy over all samples; prompts above the zoo's best are reported apart (`above_best`).
+`per_prompt` samples each at `generator.prompt_temperature`, each the nearest its prompt of
+`generator.select_from` draws by accuracy on the task's *training* inputs (as `weightvae generate --accuracy`
+makes them); R² and mean absolute error between prompted and achieved (test) accuracy over all samples, and the
+same at each draw count of `select_from` (`by_select_from`; 1: the flow's draws alone); prompts above the zoo's
+best are reported apart (`above_best`).
 
 Output: `metrics/generate.json` (`groups` -> {`fresh`, `unconditional`, `conditioned`, `methods`,
 `best_baseline_at_novelty`, `seconds_generate_64`}, and the stage's `seconds`) and a PNG of accuracy against
@@ -60,6 +63,8 @@ class GenerationParams:
     prompts: int = 20  # prompted accuracies per group, spread over its training range
     per_prompt: int = 8  # samples per prompt
     above_best: tuple[float, ...] = (0.01, 0.02, 0.04)  # prompts this far above the zoo's best, reported apart
+    select_from: tuple[int, ...] = (1, 2, 4, 8, 16)  # the prompt alignment again with this many draws per
+    # network (`generator.select_from` is read off this curve; 1: the flow's draws alone)
     temperatures: tuple[float, ...] = (1.0, 1.25, 1.75)  # the flow again at these sampling temperatures
     kde_bandwidths: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
     kde_top: float = 0.3
@@ -72,6 +77,8 @@ class GenerationParams:
         for key in ("n_samples", "prompts", "per_prompt", "average_of"):
             require(getattr(self, key) >= 1, f"generation.{key}", getattr(self, key), "need >= 1")
         require(0 < self.kde_top <= 1, "generation.kde_top", self.kde_top, "need a fraction in (0, 1]")
+        require(all(k >= 1 for k in self.select_from), "generation.select_from", list(self.select_from),
+                "need draws per network >= 1")
 
 
 class GenerationError(StageError):
@@ -141,6 +148,45 @@ def prompt_alignment(prompted: np.ndarray, achieved: np.ndarray) -> dict[str, fl
 def _final(rows: pd.DataFrame) -> np.ndarray:
     """Mask of the rows that are their run's last checkpoint."""
     return (rows.epoch == rows.groupby("run_id").epoch.transform("max")).to_numpy(copy=True)  # writable: torch wraps it
+
+
+def conditioning(flow, name: str, ref: Reference, decode, data, p: GenerationParams, gen_p,
+                 gen: torch.Generator) -> dict[str, Any]:
+    """G.pt's prompt alignment for one group: prompts spread over its training range, each prompted network the
+    nearest its prompt of `generator.select_from` draws by accuracy on the task's training inputs (`data`'s), and
+    the same at every draw count of `p.select_from` (one set of draws: each network the nearest of its first k);
+    prompts above the group's best apart. `decode`: codes -> flat weights."""
+    from weightvae.generator import nearest_draws, prompted_codes
+
+    def accuracy(z: Tensor) -> Tensor:  # of the decoded networks on the task's training inputs, never its test ones
+        return M.accuracy(M.predictions(ref.arch, ref.kwargs, [ref.layout.unflatten(v, ref.buffers) for v in decode(z)],
+                                        data.x_train), data.y_train)
+
+    lo, hi = flow.accuracy_range[name]
+    grid = np.linspace(lo, hi, p.prompts)
+    prompts = torch.from_numpy(np.repeat(grid, p.per_prompt)).float()
+    most = max(gen_p.select_from, *p.select_from)
+    draws = flow.sample(name, len(prompts) * most, prompts.repeat_interleave(most), gen_p.guidance,
+                        gen_p.sample_steps, gen, gen_p.prompt_temperature).view(len(prompts), most, -1)
+    draw_acc = accuracy(draws.flatten(0, 1)).view(len(prompts), most)
+
+    def alignment(k: int) -> tuple[dict[str, float], np.ndarray]:
+        kept = draws[torch.arange(len(prompts)), nearest_draws(draw_acc, prompts, k)]
+        achieved = ref.judge(decode(kept))["acc"].numpy()
+        return prompt_alignment(prompts.double().numpy(), achieved), achieved
+
+    aligned, achieved = alignment(gen_p.select_from)
+    above = {}
+    for d in p.above_best:
+        z = prompted_codes(flow, name, torch.full((p.per_prompt,), hi + d), gen_p, gen_p.guidance,
+                           gen_p.sample_steps, gen, accuracy)
+        acc = ref.judge(decode(z))["acc"]
+        above[f"{hi + d:.3f}"] = {"achieved_mean": float(acc.mean()), "achieved_max": float(acc.max())}
+    return {**aligned, "range": [lo, hi], "prompts": p.prompts, "per_prompt": p.per_prompt,
+            "guidance": gen_p.guidance, "temperature": gen_p.prompt_temperature, "select_from": gen_p.select_from,
+            "by_select_from": {str(k): alignment(k)[0] for k in p.select_from}, "above_best": above,
+            "curve": [[float(a), float(np.mean(achieved[i * p.per_prompt:(i + 1) * p.per_prompt]))]
+                      for i, a in enumerate(grid)]}
 
 
 def generation(p: GenerationParams, gen_p, shards: str | Path, model_path: str | Path, generator_path: str | Path,
@@ -228,21 +274,8 @@ def generation(p: GenerationParams, gen_p, shards: str | Path, model_path: str |
         for m, w in candidates.items():
             methods[m] = summary(ref.judge(w), fresh)
             bar.update(n)
-        # conditioning: prompts spread over the group's range, and above its best
-        lo, hi = flow.accuracy_range[name]
-        grid = np.linspace(lo, hi, p.prompts)
-        prompted, achieved = [], []
-        for a in grid:
-            acc = ref.judge(decode(flow.sample(name, p.per_prompt, float(a), gen_p.guidance, gen_p.sample_steps,
-                                               gen, gen_p.prompt_temperature)))["acc"]
-            prompted += [a] * p.per_prompt
-            achieved += acc.tolist()
-            bar.update(p.per_prompt)
-        above = {}
-        for d in p.above_best:
-            acc = ref.judge(decode(flow.sample(name, p.per_prompt, hi + d, gen_p.guidance, gen_p.sample_steps,
-                                               gen, gen_p.prompt_temperature)))["acc"]
-            above[f"{hi + d:.3f}"] = {"achieved_mean": float(acc.mean()), "achieved_max": float(acc.max())}
+        conditioned = conditioning(flow, name, ref, decode, data, p, gen_p, gen)
+        bar.update(p.prompts * p.per_prompt)
         fresh_summary = summary(fresh, fresh)
         baselines = [m for m in methods if not m.startswith(FLOW)]
         novel = [m for m in baselines if methods[m]["weight_novelty_vs_fresh"] >= NOVELTY_BAR
@@ -257,11 +290,7 @@ def generation(p: GenerationParams, gen_p, shards: str | Path, model_path: str |
             "unconditional": {**{k: methods[FLOW][k] for k in ("acc_ratio_vs_fresh", "weight_novelty_vs_fresh",
                                                                "functional_novelty_vs_fresh")},
                               "temperature": gen_p.temperature},
-            "conditioned": {**prompt_alignment(np.array(prompted), np.array(achieved)),
-                            "range": [lo, hi], "prompts": p.prompts, "per_prompt": p.per_prompt,
-                            "guidance": gen_p.guidance, "temperature": gen_p.prompt_temperature, "above_best": above,
-                            "curve": [[float(a), float(np.mean(achieved[i * p.per_prompt:(i + 1) * p.per_prompt]))]
-                                      for i, a in enumerate(grid)]},
+            "conditioned": conditioned,
             "best_baseline_at_novelty": {"novelty_bar": NOVELTY_BAR, "method": best,
                                          **({"acc_ratio_vs_fresh": methods[best]["acc_ratio_vs_fresh"]} if best
                                             else {})},
