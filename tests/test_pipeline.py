@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -112,7 +113,12 @@ def test_pipeline_runs_and_writes_every_output(repo):
     assert name.startswith("digits/cnn/")
     assert set(g["unconditional"]) == {"acc_ratio_vs_fresh", "weight_novelty_vs_fresh", "functional_novelty_vs_fresh",
                                        "temperature"}
-    assert {"prompt_r2", "prompt_mae", "above_best", "curve"} <= set(g["conditioned"])
+    c = g["conditioned"]
+    assert {"prompt_r2", "prompt_mae", "above_best", "curve"} <= set(c)
+    assert c["select_from"] == 16 and set(c["by_select_from"]) == {"1", "2"}  # tests/ci_params.yaml's curve
+    assert c["curve"][-1][1] > c["curve"][0][1]  # the prompt moves the achieved accuracy where it asks
+    # each prompt's mean miss is at most its networks' mean miss, so their mean is at most the MAE
+    assert np.mean([abs(a - p) for p, a in c["curve"]]) <= c["prompt_mae"] + 1e-9
     methods = {"flow", "flow_t1.5", "flow_unprompted", "kde_0.5", "noise_0.25", "average_4", "gaussian_codes"}
     assert methods == set(g["methods"])
     out = _sh(["dvc", "status"], repo)

@@ -182,7 +182,11 @@ def conditioning(flow, name: str, ref: Reference, decode, data, p: GenerationPar
                            gen_p.sample_steps, gen, accuracy)
         acc = ref.judge(decode(z))["acc"]
         above[f"{hi + d:.3f}"] = {"achieved_mean": float(acc.mean()), "achieved_max": float(acc.max())}
-    return {**aligned, "range": [lo, hi], "prompts": p.prompts, "per_prompt": p.per_prompt,
+    t0 = time.perf_counter()  # what `weightvae generate --accuracy A -n 64` spends on its networks
+    decode(prompted_codes(flow, name, torch.full((64,), float(grid[len(grid) // 2])), gen_p, gen_p.guidance,
+                          gen_p.sample_steps, gen, accuracy))
+    return {**aligned, "seconds_prompted_64": round(time.perf_counter() - t0, 3),
+            "range": [lo, hi], "prompts": p.prompts, "per_prompt": p.per_prompt,
             "guidance": gen_p.guidance, "temperature": gen_p.prompt_temperature, "select_from": gen_p.select_from,
             "by_select_from": {str(k): alignment(k)[0] for k in p.select_from}, "above_best": above,
             "curve": [[float(a), float(np.mean(achieved[i * p.per_prompt:(i + 1) * p.per_prompt]))]
