@@ -8,7 +8,8 @@ Each variant is params.yaml's `train:` section with a few settings changed (`VAR
 judges the default: agreement with the original on the task's test inputs, on a seeded subset of the test split,
 from the encoder's code alone (`encoder`) and after the encode stage's refinement (`refined`, encode's
 `refine_steps`). The controls (the same refinement in a PCA and a random subspace of the code's size) are measured
-once: they do not depend on the codec. Prints JSON: each variant's overrides, figures and training seconds.
+once: they do not depend on the codec. Prints JSON: the settings the variants change as params.yaml has them
+(`base`), each variant's overrides, figures and training seconds.
 A full run trains every variant on the default zoo: 2 to 4 minutes each on 2 CPU cores.
 """
 
@@ -36,8 +37,8 @@ from weightvae.train import TrainParams, train  # noqa: E402
 VARIANTS = {
     "default": {},
     "epochs_60": {"max_epochs": 60},  # twice the training
-    "hidden_256": {"hidden": 256},  # narrower and wider encoders and decoders
-    "hidden_512": {"hidden": 512},
+    "hidden_256": {"hidden": 256},  # narrower and wider encoders and decoders (the default: 512)
+    "hidden_1024": {"hidden": 1024},
     "hidden_2048": {"hidden": 2048},
     "input_noise_0.1": {"input_noise": 0.1},  # the encoder reads noisy weights (it overfits: train KL << val KL)
     "behaviour_weight_1000": {"behaviour_weight": 1000.0},  # the weights' own loss 10x weaker against the function's
@@ -67,7 +68,8 @@ def main() -> None:
 
 def run(base: TrainParams, enc: EncodeParams, shards, variants: list[str], models: int, seed: int,
         tmp: Path) -> dict:
-    out = {"models": models, "refine_steps": enc.refine_steps, "variants": {}}
+    out = {"models": models, "refine_steps": enc.refine_steps, "variants": {},
+           "base": {k: getattr(base, k) for k in sorted({k for v in VARIANTS.values() for k in v})}}
     cwd = os.getcwd()
     for k, name in enumerate(variants):
         folder = tmp / name

@@ -27,7 +27,7 @@ class TrainParams:
     latent_dim: int | Literal["auto"] = "auto"  # flat latent values per model (function and linear codecs, or conv
     # with latent: flat); auto: the longest layout's learned weights / `compression`, rounded down (`latent_size`)
     compression: float = 16.0  # latent_dim: auto only: weights per latent value (1,706 / 16.0 -> 106)
-    hidden: int = 1024  # function codec: width of its encoder's and decoder's hidden layers
+    hidden: int = 512  # function codec: width of its encoder's and decoder's hidden layers
     chunk_size: int = 64  # chunk codec: values per chunk of a learned tensor
     chunk_latent: int = 16  # chunk codec: latent values per chunk
     window: int | None = None  # chunk codec: chunks per model in a training step (null: whole models)
