@@ -16,7 +16,8 @@ four taking turns so a busy machine slows them alike. networks/s = B / seconds.
 defaults: probe batch 16 of all the task's training inputs, Adam from the encoder's code) of the first
 `--networks` test-split networks, with each forward in turn, the VAE the train stage starts from (whitened PCA
 of the training split, `train:` defaults; training changes the weights, not the cost); 0 steps (the fixed cost:
-the KL before and after on every probe input) and `--refine-steps` steps timed, the per-step cost scaled to
+the KL before and after on every probe input) and `--refine-steps` steps timed (the best of `--repeats` turns,
+the two forwards taking turns), the per-step cost scaled to
 `encode.refine_steps` (its default): networks/s of the stage's refinement. The bar: the
 generic forward's encode throughput >= 0.5x the hand-written one's.
 Threads: torch's default (the `WEIGHTVAE_*` pinning of the stages is not applied). Prints JSON.
@@ -170,7 +171,7 @@ def main() -> None:
     results = {a: measure(a, args.networks, args.probes, args.repeats) for a in args.archs}
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}
     if (args.shards / "models.parquet").exists():
-        report["encode"] = encode_throughput(args.shards, args.networks, args.refine_steps, max(1, args.repeats // 3))
+        report["encode"] = encode_throughput(args.shards, args.networks, args.refine_steps, args.repeats)
     else:
         report["encode"] = f"skipped: no zoo at {args.shards} (--shards)"
     print(json.dumps(report, indent=1))
