@@ -7,7 +7,12 @@ On a seeded subset of the test split, each network's code is refined with the en
 learning rate, probe inputs and seed from params.yaml) for each step count, from the trained codec's encoder
 (`vae`) and from the projection onto the controls' subspaces of the same size (`pca_refined`,
 `random_refined`, `weightvae.controls`); the decoded network's agreement with the original on the task's test
-inputs is averaged. What `encode.refine_steps` is chosen from: where the codec's curve flattens. Prints JSON.
+inputs is averaged. What `encode.refine_steps` is chosen from: where the codec's curve flattens.
+
+A ceiling beside them, `full_refined`: the same refinement with nothing compressed, every (standardised) weight
+a free value, from the same start as `vae` (the network the encoder's code decodes to). What it reaches at a
+step count is what the code's compression costs refinement from there: the gap between `vae` and `full_refined`.
+Prints JSON.
 """
 
 import argparse
@@ -97,6 +102,18 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps(out, indent=2))
 
 
+def full_space(train_p: TrainParams, train_x: torch.Tensor, lid: str, model: VAE, norms: dict) -> VAE:
+    """A linear codec whose code is the whole standardised network less the train split's mean (`train_x`
+    `[N, L]`): decode(z) = z + mean."""
+    n = train_x.shape[1]
+    c = build_module(linear_params(train_p, n), n, [lid], 1, model.functional)
+    c.load_state_dict(norms, strict=False)
+    with torch.no_grad():
+        c.net.from_latent.weight.copy_(torch.eye(n))
+        c.net.from_latent.bias.copy_(train_x.mean(0))
+    return c.eval()
+
+
 def curves(model: VAE, shards, enc: EncodeParams, train_p: TrainParams, steps: list[int], models: int, seed: int,
            controls: bool = True) -> dict:
     """Agreement after each step count of `steps` on a seeded subset of `models` test networks, refined from
@@ -116,12 +133,16 @@ def curves(model: VAE, shards, enc: EncodeParams, train_p: TrainParams, steps: l
         train = ZooDataset(shards, "train", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
         train_x = torch.stack([train.vector(i) for i in range(len(train))])
         linear = linear_params(train_p, model.latent_size())
+        norms = {k: v for k, v in model.state_dict().items() if k.startswith("norm_")}
         for kind in ("pca", "random"):
             c = build_module(linear, model.cfg.max_len, [lid], 1, model.functional)
-            c.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith("norm_")}, strict=False)
+            c.load_state_dict(norms, strict=False)
             c = subspace_module(kind, train_x, model.latent_size(), c, seed=0)
             with torch.no_grad():
                 starts[f"{kind}_refined"] = (c, c.net.encode(x).mode())
+        full = full_space(train_p, train_x, lid, model, norms)
+        with torch.no_grad():  # the start of `vae`, as a free network: its decoded code less the mean
+            starts["full_refined"] = (full, model.decode(starts["vae"][1]) - full.net.from_latent.bias)
     out = {"models": len(pick), "latent_size": model.latent_size(), "refine_lr": enc.refine_lr,
            "probe_count": enc.probe_count, "probe_batch": enc.probe_batch, "steps": list(steps),
            "agreement": {name: [] for name in starts}}

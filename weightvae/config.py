@@ -53,6 +53,9 @@ class TrainParams:
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     weight_decay: float = 0.0
     max_epochs: int = 30
+    autodecode_epochs: int = 60  # function codec: epochs of the decoder fitted with a free code per training
+    # network after Lightning's (`weightvae.autodecode`); 0: off
+    autodecode_code_lr: float = 0.1  # function codec: the free codes' first learning rate (Adam, cosine)
     seed: int = 0
     precision: str = "32-true"
     accelerator: str = "auto"
@@ -81,6 +84,8 @@ class TrainParams:
         for key in ("kl_weight", "input_noise", "latent_noise", "weight_decay", "num_workers", "behaviour_weight",
                     "behaviour_batch"):
             require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "need >= 0")
+        require(self.autodecode_epochs >= 0, "train.autodecode_epochs", self.autodecode_epochs, "need >= 0 (0: off)")
+        require(self.autodecode_code_lr > 0, "train.autodecode_code_lr", self.autodecode_code_lr, "need > 0")
         require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "need > 0")
         require(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", self.lr_schedule,
                 "choose constant or cosine")

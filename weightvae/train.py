@@ -258,6 +258,12 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
         blob = torch.load(ckpt_dir / f"{best_name}.ckpt", map_location="cpu", weights_only=True)
         model = build_module(p, ds.max_len, layout_ids, n_layers, functional, sizes)
         model.load_state_dict(blob["state_dict"])  # includes the normalisation buffers
+        if p.codec == "function" and p.autodecode_epochs:
+            from weightvae.autodecode import autodecode
+            from weightvae.data import collate
+
+            ad = autodecode(model, collate([ds[i] for i in range(len(ds))]), p)
+            metrics.update({f"autodecode/{k}": v for k, v in ad.items()})
         with atomic_path(out) as tmp:
             torch.save(model.export(), tmp)
     return metrics
@@ -309,6 +315,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt-dir", default="model_data/models/lightning",
                         help="Lightning checkpoints, kept for train.resume (default: %(default)s)")
     parser.add_argument("--live-dir", default="metrics/train", help="DVCLive folder (default: %(default)s)")
+    parser.add_argument("--metrics", default=None,
+                        help="the auto-decoding phase's figures, as JSON (`weightvae.autodecode`; default: none)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -318,3 +326,6 @@ def run(args: argparse.Namespace) -> None:
     p = load_section(args.params, "train", TrainParams)
     metrics = train(p, args.shards, args.out, args.ckpt_dir, args.live_dir)
     print("train: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+    if args.metrics:
+        write_json(args.metrics, {"epochs": p.autodecode_epochs if p.codec == "function" else 0,
+                                  **{k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("autodecode/")}})
