@@ -51,7 +51,7 @@ def _results(repo: Path) -> tuple[dict, dict]:
     metrics = {p: _without_timings(json.loads((repo / p).read_text()))
                for p in ["metrics/zoo.json", "metrics/ingest.json", "metrics/eval.json", "metrics/train/metrics.json",
                          "metrics/encode.json", "metrics/controls.json", "metrics/probe.json",
-                         "metrics/generator.json", "metrics/generate.json"]}
+                         "metrics/generator.json", "metrics/generate.json", "metrics/autodecode.json"]}
     for p in ("metrics/eval_models.csv", "metrics/probe_models.csv"):
         metrics[p] = (repo / p).read_text()
     return hashes, metrics
@@ -108,6 +108,8 @@ def test_pipeline_runs_and_writes_every_output(repo):
                    "random_train", "noise_0.1"):
         assert {"retention", "agreement", "r2"} <= set(head[method]), method
     assert "fidelity_gain" in head and "samples" in head
+    ad = json.loads((repo / "metrics/autodecode.json").read_text())  # tests/ci_params.yaml: 4 epochs
+    assert ad["epochs"] == 4 and ad["networks"] > 0 and ad["behaviour_kl"] < ad["behaviour_kl_encoder_codes"]
     gen = json.loads((repo / "metrics/generate.json").read_text())["groups"]
     (name, g), = gen.items()
     assert name.startswith("digits/cnn/")

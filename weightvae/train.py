@@ -326,6 +326,6 @@ def run(args: argparse.Namespace) -> None:
     p = load_section(args.params, "train", TrainParams)
     metrics = train(p, args.shards, args.out, args.ckpt_dir, args.live_dir)
     print("train: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
-    if args.metrics:
+    if args.metrics and os.environ.get("LOCAL_RANK", "0") == "0":  # DDP: rank 0 alone ran auto-decoding
         write_json(args.metrics, {"epochs": p.autodecode_epochs if p.codec == "function" else 0,
                                   **{k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("autodecode/")}})
