@@ -104,10 +104,12 @@ def _user_zoos(out: dict) -> bool:
 
 
 def _refine_steps(out: dict) -> bool:
-    """Two step counts, three codecs, agreements in [0, 1]; with no step the controls' agreement is their
-    projection's, so more steps never leave it below that by much (the tiny codec is near chance anyway)."""
+    """Two step counts, the codec, both controls and the ceiling, agreements in [0, 1]; the ceiling starts where
+    the codec starts (the network its encoder's code decodes to), so with no step the two agree alike."""
     assert out["steps"] == [0, 2] and out["models"] == 4 and set(out["agreement"]) == {"vae", "pca_refined",
-                                                                                          "random_refined"}
+                                                                                          "random_refined",
+                                                                                          "full_refined"}
+    assert out["agreement"]["full_refined"][0] == pytest.approx(out["agreement"]["vae"][0], abs=1e-6)
     return all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in out["agreement"].values())
 
 
