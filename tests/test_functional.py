@@ -57,6 +57,21 @@ def test_batchnorm_runs_in_eval_mode_on_each_networks_own_running_statistics():
     assert forward(flat, x).tolist() == out.tolist()  # num_batches_tracked does not matter in eval mode
 
 
+def test_a_decoded_negative_running_variance_is_clamped_at_zero_not_nan():
+    """A decoded network's `running_var` may come out negative; BatchNorm would give NaN. By hand with eps = 1e-5:
+    var -3 -> 0, so (3 - 1) / sqrt(1e-5) for the first unit; the second (var 4) is untouched."""
+    net = _bn_net([1.0, 1.0], [0.0, 0.0], [1.0, 2.0], [4.0, 4.0], batches=1)
+    net[1].eps = 1e-5
+    layout, flat = _flat([net])
+    var = next(e for e in layout.learned if e.name == "1.running_var")
+    flat[0, var.offset] = -3.0
+    out = BatchedForward(net, layout)(flat, torch.tensor([[3.0, 5.0]]))
+    torch.testing.assert_close(out[0, 0], torch.tensor([2.0 / 1e-5 ** 0.5, 3.0 / (4.0 + 1e-5) ** 0.5]))
+    sd = layout.unflatten(flat[0], layout.buffers(net.state_dict()))
+    assert sd["1.running_var"].tolist() == [0.0, 4.0]
+    assert sd["1.running_mean"].tolist() == [1.0, 2.0] and sd["0.bias"].tolist() == [0.0, 0.0]
+
+
 def _grads_through_a_loop(arch_nets, layout, x, weights):
     """d(sum(outputs * weights)) / d(flat weights) of each network, by autograd on its own module."""
     grads = []
@@ -64,26 +79,42 @@ def _grads_through_a_loop(arch_nets, layout, x, weights):
         net.eval()
         params = dict(net.named_parameters())
         (net(x) * w).sum().backward()
-        # buffers (running statistics) are constants: batch norm is not differentiable in them
-        grads.append(torch.cat([params[e.name].grad.reshape(-1) if e.name in params else torch.zeros(e.numel)
-                                for e in layout.learned]))
+        grads.append(torch.cat([params[e.name].grad.reshape(-1) for e in layout.learned]))
     return torch.stack(grads)
 
 
-@pytest.mark.parametrize("arch", ["cnn", "mlp", "bn"])
-def test_gradient_equals_autograd_through_a_loop_of_single_networks(arch):
-    if arch == "bn":
-        nets = [_bn_net([1.0, 0.5], [0.1, 0.2], [0.3, -0.4], [2.0, 0.5], 3) for _ in range(3)]
-        x = torch.randn(6, 2)
-    else:
-        nets = [build_model(arch) for _ in range(3)]
-        x = get_task("digits").x_train[:9]
+def _bn_by_hand(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`_bn_net`'s function of its flat vector (layout order: linear weight, bias; BatchNorm weight, bias, running
+    mean, running var), eps = 0, differentiable in all of it."""
+    w, b, scale, shift, mean, var = flat[:4].view(2, 2), flat[4:6], flat[6:8], flat[8:10], flat[10:12], flat[12:14]
+    return (x @ w.T + b - mean) / var.sqrt() * scale + shift
+
+
+def test_batchnorms_running_statistics_get_their_gradient():
+    """PyTorch's batch norm gives none; a decoded network's statistics are trained and refined through it."""
+    nets = [_bn_net([1.0, 0.5], [0.1, 0.2], [0.3, -0.4], [2.0, 0.5], 3), _bn_net([2.0, 1.0], [0.0, 1.0], [1.0, 0.0],
+                                                                             [1.0, 3.0], 0)]
     layout, flat = _flat(nets)
-    weights = torch.randn(len(nets), len(x), 2 if arch == "bn" else 10)
+    assert [e.name for e in layout.learned][2:] == ["1.weight", "1.bias", "1.running_mean", "1.running_var"]
+    x, weights = torch.randn(5, 2), torch.randn(2, 5, 2)
+    flat = flat.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((BatchedForward(nets[0], layout)(flat, x) * weights).sum(), [flat])
+    ref = torch.stack([torch.autograd.grad((_bn_by_hand(f, x) * w).sum(), [f])[0]
+                       for f, w in zip(flat.detach().clone().requires_grad_(True), weights, strict=True)])
+    torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6)
+    assert grad[:, 10:].abs().min() > 0  # the running mean and variance of every network
+    assert nets[0].forward.__func__ is torch.nn.Sequential.forward and type(nets[0][1]).forward is nn.BatchNorm1d.forward
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+def test_gradient_equals_autograd_through_a_loop_of_single_networks(arch):
+    nets = [build_model(arch) for _ in range(3)]
+    x = get_task("digits").x_train[:9]
+    layout, flat = _flat(nets)
+    weights = torch.randn(len(nets), len(x), 10)
     flat = flat.clone().requires_grad_(True)
     lines = []
-    module = _bn_net([1, 1], [0, 0], [0, 0], [1, 1], 0) if arch == "bn" else build_model(arch)
-    forward = BatchedForward(module, layout, log=lines.append)
+    forward = BatchedForward(build_model(arch), layout, log=lines.append)
     (grad,) = torch.autograd.grad((forward(flat, x) * weights).sum(), [flat])
     assert not lines  # vmapped, no fallback
     torch.testing.assert_close(grad, _grads_through_a_loop(nets, layout, x, weights), rtol=1e-5, atol=1e-5)

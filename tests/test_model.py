@@ -35,6 +35,17 @@ def test_shapes_for_tensor_and_dict_inputs():
     assert m.decode(post.mode()).shape == (3, 50)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_a_non_finite_loss_stops_training_with_the_terms_that_are_not_finite():
+    m = tiny()
+    x = torch.randn(3, 50)
+    m._common_step({"weight": x, "model_properties": [{"id": i} for i in range(3)]}, "val")  # finite: no error
+    x[1, 7] = math.nan
+    with pytest.raises(FloatingPointError, match=r"train: the codec's loss is nan in epoch 0 \(non-finite: mse, kl, "
+                                                 r"recon, loss\); try a lower train.learning_rate"):
+        m._common_step({"weight": x, "model_properties": [{"id": i} for i in range(3)]}, "train")
+
+
 def test_wrong_shapes_are_refused_not_broadcast():
     m = tiny()
     with pytest.raises(AssertionError, match=r"expected flat weights \[B, 50\]"):

@@ -87,6 +87,35 @@ def test_a_code_does_not_depend_on_its_batch_and_unknown_networks_keep_the_encod
         assert torch.equal(together[i], z0[i]) and math.isnan(before[i]) and math.isnan(after[i])
 
 
+def test_a_network_that_refinement_would_leave_worse_keeps_its_start():
+    torch.manual_seed(3)
+    vae, layout, x = _vae([build_model("cnn") for _ in range(30)], latent_dim=12)
+    key = next(iter(vae.functional))
+    with torch.no_grad():
+        z0 = vae.encode(x[:8]).mode()
+    lids = [layout.layout_id] * 8
+    # a step size far too large: 3 steps at lr 3 overshoot for 6 of the 8 networks
+    z, before, after = refine(vae, z0, x[:8], lids, [key] * 8, steps=3, lr=3.0, probe_count=32, probe_batch=8)
+    kept = [i for i in range(8) if torch.equal(z[i], z0[i])]
+    assert kept == [0, 1, 2, 3, 5, 6] and (after <= before).all() and torch.equal(after[kept], before[kept])
+    again, b, a = refine(vae, z0, x[:8], lids, [key] * 8, steps=3, lr=3.0, probe_count=32, probe_batch=8)
+    assert torch.equal(again, z)  # deterministic
+    assert a[4] < b[4] and a[7] < b[7]
+
+
+def test_a_decoder_that_gives_non_finite_outputs_stops_refinement_not_mistaken_for_an_unknown_network():
+    torch.manual_seed(2)
+    vae, layout, x = _vae([build_model("cnn") for _ in range(12)], latent_dim=4)
+    with torch.no_grad():
+        vae.net.from_latent.bias[3] = math.inf  # every decoded network: inf - inf = NaN outputs
+        z0 = vae.encode(x[:2]).mode()
+    key = next(iter(vae.functional))
+    with pytest.raises(FloatingPointError, match=f"refine: 2 of 2 networks of {key} give non-finite outputs from "
+                                                 "their refined codes; the behavioural KL before refinement was "
+                                                 "finite for 0"):
+        refine(vae, z0, x[:2], [layout.layout_id] * 2, [key] * 2, steps=2, lr=0.1, probe_count=8, probe_batch=4)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_zoo, tmp_path_factory):
     """The tiny zoo's shards and a linear VAE for them (one epoch; the export is what encode reads)."""

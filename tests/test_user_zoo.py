@@ -15,14 +15,15 @@ from user_nets import train_zoo
 
 from weightvae.registry import RegistryParams, undeclared_deps
 
-REGISTRY = {"architectures": {"gelu_cnn": "tests.user_nets:build_gelu_cnn", "tab_mlp": "tests.user_nets:build_tab_mlp"},
+REGISTRY = {"architectures": {"gelu_cnn": "tests.user_nets:build_gelu_cnn", "tab_mlp": "tests.user_nets:build_tab_mlp",
+                              "bn_mlp": "tests.user_nets:build_bn_mlp"},
             "tasks": {"digits_own": "tests.user_nets:load_digits_own", "wine": "tests.user_nets:load_wine"}}
 COMPRESSION = 20.0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, task, weights, runs", [("gelu_cnn", "digits_own", 590, 12),
-                                                       ("tab_mlp", "wine", 275, 16)])
+                                                       ("tab_mlp", "wine", 275, 16), ("bn_mlp", "wine", 339, 16)])
 def test_a_registered_architecture_and_task_get_refinement_and_functional_metrics(arch, task, weights, runs,
                                                                                   tmp_path):
     zoo = tmp_path / "their_zoo"

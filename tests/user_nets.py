@@ -1,12 +1,14 @@
 """A user's own networks, data and zoo, as someone bringing their own would write them: registered in params.yaml
 
     registry:
-      architectures: {gelu_cnn: "tests.user_nets:build_gelu_cnn", tab_mlp: "tests.user_nets:build_tab_mlp"}
+      architectures: {gelu_cnn: "tests.user_nets:build_gelu_cnn", tab_mlp: "tests.user_nets:build_tab_mlp",
+                      bn_mlp: "tests.user_nets:build_bn_mlp"}
       tasks: {digits_own: "tests.user_nets:load_digits_own", wine: "tests.user_nets:load_wine"}
 
 (and `tests/user_nets.py` added to the `deps` of the stages that list `registry` in dvc.yaml). Neither network is
 built in: a CNN with GELU and average pooling on its own split of digits (images `[N, 1, 8, 8]`, 10 classes), an
-MLP on scikit-learn's wine table (`[N, 13]`, 3 classes). `train_zoo` really trains a zoo of either, with varied
+MLP on scikit-learn's wine table (`[N, 13]`, 3 classes), and one with BatchNorm there (its running statistics are
+part of what is coded). `train_zoo` really trains a zoo of either, with varied
 hyperparameters, in the zoo file schema ingest reads (used by the tests and by benchmarks/user_zoos.py).
 """
 
@@ -48,12 +50,29 @@ class TabMLP(nn.Module):
         return self.body(x)
 
 
+class BatchNormMLP(nn.Module):
+    """Tabular MLP with BatchNorm `[B, F] -> [B, classes]`: 339 weights on wine with the defaults, 32 of them the
+    running mean and variance (float buffers, coded like the weights)."""
+
+    def __init__(self, in_features: int = 13, hidden: int = 16, num_classes: int = 3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                  nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 def build_gelu_cnn(**kwargs) -> nn.Module:
     return GeluCNN(**kwargs)
 
 
 def build_tab_mlp(**kwargs) -> nn.Module:
     return TabMLP(**kwargs)
+
+
+def build_bn_mlp(**kwargs) -> nn.Module:
+    return BatchNormMLP(**kwargs)
 
 
 def _split(n: int, seed: int, test: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +106,7 @@ def load_wine() -> TaskData:
 
 
 ZOOS = {"gelu_cnn": (build_gelu_cnn, load_digits_own, {"channels": 6, "hidden": 8}),
-        "tab_mlp": (build_tab_mlp, load_wine, {"hidden": 16})}
+        "tab_mlp": (build_tab_mlp, load_wine, {"hidden": 16}), "bn_mlp": (build_bn_mlp, load_wine, {"hidden": 16})}
 
 
 def train_zoo(arch: str, out: str | Path, runs: int, epochs: int = 3, seed: int = 0) -> list[dict]:

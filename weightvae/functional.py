@@ -6,8 +6,12 @@ learned entry (parameters and float buffers, e.g. BatchNorm's running mean and v
 vector; the integer buffers (BatchNorm's `num_batches_tracked`) are not in it and come from each network's
 stored `buffers` (`Layout.buffers`), or the module's own when none are given. The module runs in eval mode:
 BatchNorm normalises with each network's own running statistics, dropout is off. Differentiable in the
-parameters: the behavioural term and latent refinement take gradients through it. Float buffers (running
-statistics) enter as constants, their gradient 0: PyTorch's batch norm is not differentiable in them.
+parameters and in BatchNorm's running statistics: the behavioural term and latent refinement take gradients
+through it. PyTorch's batch norm gives no gradient for the running mean and variance, and a decoded network's
+statistics are as much its function as its weights, so each BatchNorm that normalises with them computes that
+normalisation itself in plain differentiable ops (`_eval_batch_norm`: the same outputs to float rounding). Other
+float buffers enter as constants. A running variance is clamped at 0 (`weightvae.layout.is_variance`): a decoded
+network's may be negative, which would give NaN.
 
 A module vmap cannot run (data-dependent control flow on its weights, an in-place update of a buffer) falls
 back to a loop over the networks, one `functional_call` each, after one printed line saying so; a module that
@@ -16,8 +20,10 @@ cannot run either way stops with one line naming it and why. The behavioural ter
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from weightvae.layout import Layout, to_dtype
+from weightvae.layout import Layout, is_variance, to_dtype
 
 Buffers = Mapping[str, Mapping[str, Any]]  # one network's stored buffers: {name: {"dtype", "shape", "data"}}
 
@@ -39,7 +45,7 @@ class BatchedForward:
 
     def __init__(self, module: nn.Module, layout: Layout, name: str | None = None,
                  log: Callable[[str], None] = print):
-        self.module = module.eval()
+        self.module = copy.deepcopy(module).eval()  # its BatchNorms are rewired below; the caller's stays as it is
         self.layout = layout
         self.name = name or type(module).__name__
         self.log = log
@@ -56,16 +62,23 @@ class BatchedForward:
         # each tensor runs in the module's own dtype (a float16 zoo is stored as float16, loaded as the module's)
         self._dtype = {n: own[n].dtype for n in (e.name for e in layout.entries)}
         self._buffer = {n for n, _ in module.named_buffers(remove_duplicate=False)}
+        self._differentiable = set()  # the running statistics of the BatchNorms that compute themselves
+        for prefix, m in self.module.named_modules(remove_duplicate=False):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.forward = types.MethodType(_eval_batch_norm, m)
+                self._differentiable |= {f"{prefix}.running_mean".lstrip("."), f"{prefix}.running_var".lstrip(".")}
         self.vmapped: bool | None = None  # None: not tried yet
 
     def tensors(self, flat: Tensor) -> dict[str, Tensor]:
         """The learned entries `[B, *shape]` of the vectors `flat` `[B, length]` (views, differentiable; float
-        buffers detached)."""
+        buffers other than BatchNorm's running statistics detached; running variances clamped at 0)."""
         b = flat.shape[0]
         out = {}
         for e in self.layout.learned:
             t = flat[:, e.offset:e.offset + e.numel].reshape(b, *e.shape).to(self._dtype[e.name])
-            out[e.name] = t.detach() if e.name in self._buffer else t
+            if e.name in self._buffer and e.name not in self._differentiable:
+                t = t.detach()
+            out[e.name] = t.clamp(min=0) if is_variance(e.name) else t
         return out
 
     def buffer_tensors(self, buffers: Buffers | Sequence[Buffers] | None,
@@ -133,6 +146,17 @@ class BatchedForward:
             except Exception as e:  # noqa: BLE001 - any failure of the user's module becomes one named line
                 raise ForwardError(f"{self.name} cannot be run on flat weights: {_first_line(e)}") from None
         return torch.stack(outs)
+
+
+def _eval_batch_norm(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """A BatchNorm's eval-mode forward, (x - running mean) / sqrt(running var + eps) * weight + bias over the
+    channel axis (1), in ops autograd differentiates in all four (PyTorch's own gives the statistics none)."""
+    if self.training:
+        return type(self).forward(self, x)
+    self._check_input_dim(x)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    y = (x - self.running_mean.reshape(shape)) * torch.rsqrt(self.running_var.reshape(shape) + self.eps)
+    return y * self.weight.reshape(shape) + self.bias.reshape(shape) if self.affine else y
 
 
 def _first_line(e: BaseException) -> str:

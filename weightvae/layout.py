@@ -14,6 +14,10 @@ Floating tensors (float16/bfloat16/float32/float64) are *learned*: they form the
 float32, which holds float16 and bfloat16 exactly (float64 is rounded). Other tensors
 (integer and bool buffers such as BatchNorm's `num_batches_tracked`) stay out of the vector
 and travel as JSON-friendly `buffers` so `unflatten` restores them.
+
+Running variances (norm layers' `running_var`) are learned entries like any other, but a network never has a
+negative one, and a decoded network may: BatchNorm would turn it into NaN outputs. `unflatten` and the batched
+forward (`weightvae.functional`) clamp them at 0 (`is_variance`); the norm layer's `eps` keeps them usable.
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ class TensorInfo:
     offset: int
     numel: int
     learned: bool
+
+
+def is_variance(name: str) -> bool:
+    """A running variance: the `running_var` buffer PyTorch's norm layers (BatchNorm, InstanceNorm) keep."""
+    return name.rsplit(".", 1)[-1] == "running_var"
 
 
 class Layout:
@@ -115,7 +124,8 @@ class Layout:
                 for e in self.entries if not e.learned}
 
     def unflatten(self, vec: Tensor, buffers: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Tensor]:
-        """Inverse of `flatten` + `buffers`: every tensor with its original dtype and shape."""
+        """Inverse of `flatten` + `buffers`: every tensor with its original dtype and shape (running variances
+        clamped at 0: a decoded vector's may be negative)."""
         vec = vec.detach().reshape(-1)
         if vec.numel() != self.length:
             raise ValueError(f"vector has {vec.numel()} entries, layout {self.layout_id} needs {self.length}")
@@ -123,7 +133,8 @@ class Layout:
         out = {}
         for e in self.entries:
             if e.learned:
-                out[e.name] = vec[e.offset:e.offset + e.numel].to(to_dtype(e.dtype)).reshape(e.shape).clone()
+                t = vec[e.offset:e.offset + e.numel].to(to_dtype(e.dtype)).reshape(e.shape).clone()
+                out[e.name] = t.clamp(min=0) if is_variance(e.name) else t
             else:
                 if e.name not in buffers:
                     raise ValueError(f"buffer {e.name!r} of layout {self.layout_id} is missing")

@@ -333,6 +333,12 @@ class VAE(L.LightningModule):
 
     def _common_step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
         terms = self.loss_terms(batch, sample_posterior=stage == "train")
+        if not torch.isfinite(terms["loss"]):  # one NaN step and every weight of the codec is NaN from then on
+            bad = ", ".join(k for k, v in terms.items() if not torch.isfinite(v))
+            hint = ("the networks' outputs on the probe inputs are not finite: run your architecture on its task's "
+                    "inputs with a zoo network's weights" if "behaviour" in bad else "try a lower train.learning_rate")
+            raise FloatingPointError(f"{stage}: the codec's loss is {terms['loss'].item()} in epoch "
+                                     f"{self.current_epoch} (non-finite: {bad}); {hint}")
         bs = len(batch["chunks"] if "chunks" in batch else batch["weight"])
         for k, v in terms.items():
             self.log(f"{stage}/{k}", v, prog_bar=k == "loss", on_step=False, on_epoch=True,

@@ -39,8 +39,10 @@ def refine(model, z0: Tensor, x: Tensor, layout_ids: Sequence[str], keys: Sequen
            probe_count: int | None, probe_batch: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Refined codes `[B, *latent]` of the (normalised, flat) networks `x` `[B, L]`, starting at `z0`,
     and each network's behavioural KL on all its probes `[B]` before and after (NaN where the network
-    cannot be run: its code stays `z0`). `probe_count`: probe inputs per task (None: every training
-    input); the learning rate follows a cosine from `lr` to 0 over `steps`, so the last steps settle.
+    cannot be run: its code stays `z0`). `probe_count`: probe inputs per task (None: every training input); the
+    learning rate follows a cosine from `lr` to 0 over `steps`, so the last steps settle. Refinement never leaves
+    a network worse than it started: one whose KL on its probes ends above where it began (a step size too large
+    for its landscape) keeps `z0`.
     The code's leading `model.measured_latent` values (each tensor's or unit's log-std and mean,
     `train.tensor_scales`) are statistics of the weights, not free values: they are kept. Moved, they drift
     along the directions the function ignores (a ReLU layer scaled up and the next one down) and stop saying
@@ -71,6 +73,13 @@ def refine(model, z0: Tensor, x: Tensor, layout_ids: Sequence[str], keys: Sequen
         with torch.no_grad():
             z[rows, measured:] = code.detach()
             after[rows] = _kl(model, z[rows], ids, key, probes, ref).double().cpu()
+            worse = rows[~(after[rows] <= before[rows])]  # (NaN included) it keeps its start
+            z[worse] = z0.detach()[worse].to(z)
+            after[worse] = before[worse]
+        if not bool(torch.isfinite(after[rows]).all()):  # NaN stands for "cannot be run": never let it mean this
+            raise FloatingPointError(f"refine: {int((~torch.isfinite(after[rows])).sum())} of {len(rows)} networks "
+                                     f"of {key} give non-finite outputs from their refined codes; the behavioural KL "
+                                     f"before refinement was finite for {int(torch.isfinite(before[rows]).sum())}")
     return z, before, after
 
 
