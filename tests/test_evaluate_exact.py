@@ -150,3 +150,33 @@ def test_every_headline_number_matches_the_hand_computation(toy):
     assert head["latent_size"] == pytest.approx(7 / 3) and head["models"] == 3
     assert head["fidelity_gain"] == 0.5  # only the functional group has one
     assert json.loads(json.dumps(head)) == head  # JSON-ready
+
+
+def test_an_architecture_in_two_widths_gets_a_group_per_layout(tmp_path):
+    """Two widths of one architecture are two layouts: each its own group (`task/arch/layout`), never one
+    overwriting the other. Weight space: each test network's error against its own layout's training mean."""
+    zoo, recon = tmp_path / "zoo", tmp_path / "recon"
+    zoo.mkdir()
+    (recon / "test").mkdir(parents=True)
+    nets = {3: ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[1.0, 1.0, 0.0]], [[1.0, 0.5, 0.0]]),  # as line/mystery above
+            4: ([[2.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]], [[2.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+                [[2.0, 2.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])}  # recon: exact, then the train mean
+    for width, (train, test, rec) in nets.items():
+        for k, w in enumerate(train):
+            _save(zoo, _run_id("train", f"W{width}-{k}"), "line", "mystery", {"w": torch.tensor(w)})
+        for k, (w, r) in enumerate(zip(test, rec, strict=True)):
+            run = _run_id("test", f"W{width}-t{k}")
+            _save(zoo, run, "line", "mystery", {"w": torch.tensor(w)})
+            torch.save({"state_dict": {"w": torch.tensor(r)}}, recon / "test" / file_name(f"{run}/e001"))
+    ingest(IngestParams(zoo_dir=str(zoo), split=SPLIT, split_salt=SALT, workers=1), tmp_path / "shards",
+           log=lambda *_: None)
+    layouts = json.loads((tmp_path / "shards" / "layouts.json").read_text())
+    by_width = {v["length"]: k for k, v in layouts.items()}
+    head, df, _ = evaluate(EvaluateParams(), tmp_path / "shards", recon, None)
+    assert set(head["groups"]) == {f"line/mystery/{by_width[3]}", f"line/mystery/{by_width[4]}"}
+    narrow, wide = head["groups"][f"line/mystery/{by_width[3]}"], head["groups"][f"line/mystery/{by_width[4]}"]
+    assert (narrow["models"], wide["models"]) == (1, 2) and head["models"] == 3
+    assert narrow["methods"]["vae"]["r2"] == pytest.approx(0.5)
+    # wide: train mean (1, 1, 0, 0); errors 0 and 2 against the originals' squared distances 2 and 2 from it
+    assert wide["methods"]["vae"]["r2"] == pytest.approx(1 - 2 / 4)
+    assert sorted(df.group.unique()) == sorted(head["groups"])

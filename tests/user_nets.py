@@ -8,8 +8,8 @@
 (and `tests/user_nets.py` added to the `deps` of the stages that list `registry` in dvc.yaml). Neither network is
 built in: a CNN with GELU and average pooling on its own split of digits (images `[N, 1, 8, 8]`, 10 classes), an
 MLP on scikit-learn's wine table (`[N, 13]`, 3 classes), and one with BatchNorm there (its running statistics are
-part of what is coded). `train_zoo` really trains a zoo of either, with varied
-hyperparameters, in the zoo file schema ingest reads (used by the tests and by benchmarks/user_zoos.py).
+part of what is coded). `train_zoo` really trains a zoo of any of them, with varied hyperparameters, in the zoo
+file schema ingest reads (used by the tests and by benchmarks/user_zoos.py).
 """
 
 from __future__ import annotations

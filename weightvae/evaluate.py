@@ -70,8 +70,10 @@ def _load_flat(layout: Layout, path: Path) -> torch.Tensor:
     return layout.flatten(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
 
 
-def _group_key(task: str, arch: str) -> str:
-    return f"{task}/{arch}"
+def _group_key(task: str, arch: str, layout_id: str, several_layouts: bool) -> str:
+    """`task/arch`, and `/layout_id` where the architecture comes in several layouts (widths): one group each,
+    as the probe stage keys them."""
+    return f"{task}/{arch}" + (f"/{layout_id}" if several_layouts else "")
 
 
 def _json_list(values: pd.Series) -> list[dict[str, Any]]:
@@ -132,13 +134,14 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path, laten
     plots: dict[str, Any] = {"per_layer_r2": {}, "acc": {}}
     skipped: list[str] = []
     test_all = table[table.split == p.split]
-    several = test_all.architecture.nunique() > 1
+    several = test_all.groupby(["task", "architecture", "layout_id"]).ngroups > 1
+    layouts_per = table.groupby(["task", "architecture"]).layout_id.nunique()
     bar = Progress("evaluate", unit="networks")  # each test model once per method
     for (task, arch, layout_id), test in test_all.groupby(["task", "architecture", "layout_id"], sort=True):
         layout = layouts[layout_id]
         train = table[(table.split == "train") & (table.task == task) & (table.architecture == arch)
                       & (table.layout_id == layout_id)].sort_values("row")
-        key = _group_key(task, arch)
+        key = _group_key(task, arch, layout_id, layouts_per[(task, arch)] > 1)
         if len(train) == 0:
             skipped.append(f"{key}: no training-split models")
             continue

@@ -73,13 +73,13 @@ def refine(model, z0: Tensor, x: Tensor, layout_ids: Sequence[str], keys: Sequen
         with torch.no_grad():
             z[rows, measured:] = code.detach()
             after[rows] = _kl(model, z[rows], ids, key, probes, ref).double().cpu()
-            worse = rows[~(after[rows] <= before[rows])]  # (NaN included) it keeps its start
+            worse = rows[(after[rows] > before[rows]) | after[rows].isnan()]  # they keep their start
             z[worse] = z0.detach()[worse].to(z)
             after[worse] = before[worse]
         if not bool(torch.isfinite(after[rows]).all()):  # NaN stands for "cannot be run": never let it mean this
             raise FloatingPointError(f"refine: {int((~torch.isfinite(after[rows])).sum())} of {len(rows)} networks "
-                                     f"of {key} give non-finite outputs from their refined codes; the behavioural KL "
-                                     f"before refinement was finite for {int(torch.isfinite(before[rows]).sum())}")
+                                     f"of {key} give non-finite outputs, from the encoder's code and after "
+                                     "refinement: the codec or the networks' forward is broken for them")
     return z, before, after
 
 

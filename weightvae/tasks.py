@@ -22,7 +22,8 @@ TEST_FRACTION = 0.3
 
 @dataclass(frozen=True)
 class TaskData:
-    """Fixed train/test tensors of one task. Inputs are float32 `[N, C, H, W]`, labels int64 `[N]`."""
+    """Fixed train/test tensors of one task. Inputs are float32 `[N, ...]` (images `[N, C, H, W]`, tables
+    `[N, F]`: whatever the task's networks take), labels int64 `[N]`."""
 
     name: str
     x_train: torch.Tensor

@@ -105,7 +105,7 @@ def modelzoo_properties(model_dir: Path, epoch: int) -> dict[str, Any]:
     """Row fields of a Model Zoos checkpoint. run_id: the model folder's name; epoch: the number in
     `checkpoint_<epoch>`; hyperparameters: params.json; architecture and task: params.json's
     `architecture` (a name or {"name", "kwargs"}) and `task`, as given: weightvae names, built in or
-    registered under evaluate.architectures / evaluate.tasks; "unknown" when absent (the Model Zoos'
+    registered in params.yaml's `registry:`; "unknown" when absent (the Model Zoos'
     own `model::type` names their networks, not weightvae's); seed: params.json's `seed`.
 
     Metrics (train_acc, test_acc, test_loss) come from result.json, one JSON object per line: the
