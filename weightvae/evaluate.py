@@ -36,7 +36,7 @@ from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
 from weightvae.params import StageError, add_inputs, load_section, require
 from weightvae.progress import Progress
-from weightvae.records import CONTROLS, POOL_FILE, file_name, load_control, pool_key
+from weightvae.records import CONTROLS, POOL_FILE, file_name, group_key, load_control, pool_key
 from weightvae.registry import ENABLE_HINT, register_params
 from weightvae.shards import open_shard
 from weightvae.tasks import TASKS, get_task
@@ -68,12 +68,6 @@ class EvaluateParams:
 
 def _load_flat(layout: Layout, path: Path) -> torch.Tensor:
     return layout.flatten(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
-
-
-def _group_key(task: str, arch: str, layout_id: str, several_layouts: bool) -> str:
-    """`task/arch`, and `/layout_id` where the architecture comes in several layouts (widths): one group each,
-    as the probe stage keys them."""
-    return f"{task}/{arch}" + (f"/{layout_id}" if several_layouts else "")
 
 
 def _json_list(values: pd.Series) -> list[dict[str, Any]]:
@@ -141,7 +135,7 @@ def evaluate(p: EvaluateParams, shards: str | Path, recon_dir: str | Path, laten
         layout = layouts[layout_id]
         train = table[(table.split == "train") & (table.task == task) & (table.architecture == arch)
                       & (table.layout_id == layout_id)].sort_values("row")
-        key = _group_key(task, arch, layout_id, layouts_per[(task, arch)] > 1)
+        key = group_key(task, arch, layout_id, layouts_per[(task, arch)] > 1)
         if len(train) == 0:
             skipped.append(f"{key}: no training-split models")
             continue

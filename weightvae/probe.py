@@ -31,6 +31,7 @@ import pandas as pd
 from weightvae.io import atomic_path, write_json
 from weightvae.params import StageError, add_inputs, load_section, require
 from weightvae.progress import Progress
+from weightvae.records import group_key
 from weightvae.shards import SPLITS, open_shard
 
 REPRESENTATIONS = ("latent", "W", "sW", "pca")
@@ -272,10 +273,6 @@ def _unusable(y: dict[str, np.ndarray]) -> str | None:
 # ----------------------------------------------------------------------------- the stage
 
 
-def _group_key(task: str, arch: str, layout_id: str, several_layouts: bool) -> str:
-    return f"{task}/{arch}" + (f"/{layout_id}" if several_layouts else "")
-
-
 def _latents(path: str | Path, table: pd.DataFrame) -> dict[str, np.ndarray]:
     """{model id: latent}, every model of every split required."""
     from weightvae.latents import read_latents
@@ -313,7 +310,7 @@ def probe(p: ProbeParams, shards: str | Path, latents: str | Path) -> tuple[dict
     several_groups = table.groupby(["task", "architecture", "layout_id"]).ngroups > 1
     bar = Progress("probe", unit="fits")
     for (task, arch, layout_id), g in table.groupby(["task", "architecture", "layout_id"], sort=True):
-        key = _group_key(task, arch, layout_id, layouts_per[(task, arch)] > 1)
+        key = group_key(task, arch, layout_id, layouts_per[(task, arch)] > 1)
         parts = {s: g[g.split == s].sort_values("row") for s in SPLITS}
         counts = {s: len(parts[s]) for s in SPLITS}
         if min(counts.values()) == 0:

@@ -38,6 +38,12 @@ def pool_key(task: str, arch: str, layout_id: str) -> str:
     return f"{task}/{arch}/{layout_id}"
 
 
+def group_key(task: str, arch: str, layout_id: str, several_layouts: bool) -> str:
+    """Key of a (task, architecture, layout) group in eval.json and probe.json: `task/arch`, and `/layout_id`
+    where the architecture comes in several layouts (widths)."""
+    return f"{task}/{arch}" + (f"/{layout_id}" if several_layouts else "")
+
+
 def load_control(path: str | Path) -> dict[str, torch.Tensor]:
     """{model id: its refined network's real flat weights `[length]`} of one control file."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
