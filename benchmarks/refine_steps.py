@@ -115,12 +115,12 @@ def full_space(train_p: TrainParams, train_x: torch.Tensor, lid: str, model: VAE
 
 
 def curves(model: VAE, shards, enc: EncodeParams, train_p: TrainParams, steps: list[int], models: int, seed: int,
-           controls: bool = True) -> dict:
-    """Agreement after each step count of `steps` on a seeded subset of `models` test networks, refined from
+           controls: bool = True, split: str = "test") -> dict:
+    """Agreement after each step count of `steps` on a seeded subset of `models` networks of `split`, refined from
     `model`'s encoder (`vae`) and, with `controls`, from the projections onto the PCA and random subspaces of its
     size (`pca_refined`, `random_refined`)."""
     (lid,) = model.layout_ids  # one layout, as the default zoo
-    test = ZooDataset(shards, "test", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
+    test = ZooDataset(shards, split, normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:models].sort().values
     batch = ZooDataModule.loader(torch.utils.data.Subset(test, pick.tolist()), batch_size=len(pick))
     batch = next(iter(batch))

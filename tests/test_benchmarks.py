@@ -25,6 +25,7 @@ SMOKE = {
     "forward.py": ["--networks", "4", "--probes", "8", "--repeats", "1", "--shards", "no-such-folder"],
     "user_zoos.py": ["--tiny"],
     "refine_steps.py": ["--tiny"],
+    "refine_lr.py": ["--tiny"],
     "codec_variants.py": ["--tiny"],
 }
 
@@ -113,6 +114,13 @@ def _refine_steps(out: dict) -> bool:
     return all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in out["agreement"].values())
 
 
+def _refine_lr(out: dict) -> bool:
+    """Both rates of the smoke run on the val split, agreements in [0, 1], the best the one that agrees most."""
+    assert (out["split"], out["lrs"], out["models"], out["refine_steps"]) == ("val", [0.1, 0.2], 4, 2)
+    assert out["best"] == out["lrs"][max(range(2), key=out["agreement"].__getitem__)]
+    return all(0 <= a <= 1 for a in out["agreement"])
+
+
 def _codec_variants(out: dict) -> bool:
     """The two variants of the smoke run, each judged from its encoder and after refinement, the controls once;
     the best is the one whose refined agreement is highest, and its margins over the controls are differences."""
@@ -140,6 +148,7 @@ CHECKS = {
     "forward.py": _forward,
     "user_zoos.py": _user_zoos,
     "refine_steps.py": _refine_steps,
+    "refine_lr.py": _refine_lr,
     "codec_variants.py": _codec_variants,
 }
 

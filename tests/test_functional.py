@@ -43,6 +43,25 @@ def test_generic_forward_is_each_modules_own_forward(arch):
         torch.testing.assert_close(o, net.eval()(x), rtol=0, atol=1e-5)
 
 
+def test_many_inputs_run_in_chunks_with_the_same_outputs_and_gradients(monkeypatch):
+    nets = [build_model("cnn") for _ in range(3)]
+    layout, flat = _flat(nets)
+    x = get_task("digits").x_train[:10]
+    weights = torch.randn(len(nets), len(x), 10)
+    flat = flat.clone().requires_grad_(True)
+    whole = BatchedForward(build_model("cnn"), layout)(flat, x)
+    calls = []
+    forward = BatchedForward(build_model("cnn"), layout)
+    run = forward._run
+    monkeypatch.setattr(forward, "_run", lambda *a: calls.append(len(a[-1])) or run(*a))
+    monkeypatch.setattr("weightvae.functional.PAIRS_PER_CALL", 12)  # 3 networks: 4 inputs a call
+    out = forward(flat, x)
+    assert calls == [4, 4, 2]
+    torch.testing.assert_close(out, whole, rtol=0, atol=1e-6)
+    (grad,) = torch.autograd.grad((out * weights).sum(), [flat])
+    torch.testing.assert_close(grad, _grads_through_a_loop(nets, layout, x, weights), rtol=1e-5, atol=1e-5)
+
+
 def test_batchnorm_runs_in_eval_mode_on_each_networks_own_running_statistics():
     """By hand, with eps = 0: (x - mean) / sqrt(var) * scale + shift; x = (3, 5)."""
     a = _bn_net([1.0, 1.0], [0.0, 0.0], [1.0, 2.0], [4.0, 9.0], batches=7)  # ((3-1)/2, (5-2)/3) = (1, 1)

@@ -38,7 +38,7 @@ class EncodeParams:
 
     splits: tuple[str, ...] = SPLITS  # reconstruct's KDE sampler needs train; probes need all three
     refine_steps: int = 200  # Adam steps on each code (0: the encoder's code alone)
-    refine_lr: float = 0.1  # first learning rate of the cosine schedule
+    refine_lr: float = 0.2  # first learning rate of the cosine schedule (chosen on val: benchmarks/refine_lr.py)
     probe_count: int | None = None  # the task's training inputs the function is matched on (None: all)
     probe_batch: int = 16  # probe inputs scored per step, visiting all of them in a seeded order
     batch_size: int = 256  # networks refined together (a code never depends on its batch)

