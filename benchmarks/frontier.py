@@ -1,7 +1,7 @@
 """The rate-fidelity frontier: agreement and fidelity gain against the code size, the trained codec against the
 same refinement in a PCA and a random subspace of the same size (the controls), the encoder alone and PCA.
 
-    python benchmarks/frontier.py [--run] [--ratios 4 8 16 32 64] [--out metrics/frontier]
+    python benchmarks/frontier.py [--run | --rerun] [--ratios 4 8 16 32 64] [--out metrics/frontier]
 
 Each point is a DVC experiment of this repository, for the codec `params.yaml` names (`train.codec`),
 
@@ -13,7 +13,8 @@ with `d = round(learned weights / r)`: train, encode, reconstruct and evaluate r
 frontier point measures reconstruction only, so it samples nothing, and the generator stage that reconstruct
 depends on trains for 10 steps only (no sample of it is scored); the target `evaluate` leaves the probe and
 generation stages out.
-`--run` runs the missing ones (one after another; each takes minutes on 2 cores), then the script reads
+`--run` runs the missing ones (one after another; each takes minutes on 2 cores; `--rerun`: every one again, on
+the committed code, as after a change to the codec or refinement), then the script reads
 every `frontier-<codec>-*` experiment's `metrics/eval.json` from `dvc exp show --json --all-commits` (of any
 commit; the newest run of a name wins) and writes `<out>.json` (one row per point: latent size, compression,
 and for `vae`, the controls, `vae_encoder` and `pca` agreement, fidelity gain vs the oracle substitute,
@@ -143,15 +144,16 @@ def _collect(names: dict[str, int]) -> dict[str, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="store_true", help="run the missing experiments first")
+    ap.add_argument("--rerun", action="store_true", help="run every experiment again first (the newest run wins)")
     ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
     ap.add_argument("--weights", type=int, default=1706, help="learned weights per model (default CNN: 1706)")
     ap.add_argument("--out", default="metrics/frontier", help="output stem: <out>.json and <out>.png")
     args = ap.parse_args()
     names = point_names(codec(), args.ratios, args.weights)
     have = _collect(names)
-    if args.run:
+    if args.run or args.rerun:
         for name, dim in names.items():
-            if name not in have:
+            if name not in have or args.rerun:
                 print(f"running {name}: train.latent_dim={dim}", file=sys.stderr, flush=True)
                 _dvc("exp", "run", "--temp", "-n", name, "-S", f"train.latent_dim={dim}", *POINT, "evaluate")
         have = _collect(names)
