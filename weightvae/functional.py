@@ -36,8 +36,8 @@ from weightvae.layout import Layout, is_variance, to_dtype
 Buffers = Mapping[str, Mapping[str, Any]]  # one network's stored buffers: {name: {"dtype", "shape", "data"}}
 
 
-PAIRS_PER_CALL = 16_384  # network x input pairs run at once: more inputs go in chunks (their activations stay in
-#                          cache: twice as fast on the default zoo's 1,258 probes x 256 networks, measured in encode)
+PAIRS_PER_CALL = 16_384  # network x input pairs run at once: more inputs go in chunks, so that their activations
+#                          stay small (encode runs 256 networks on all 1,258 probe inputs of digits at once)
 
 
 class ForwardError(ValueError):
