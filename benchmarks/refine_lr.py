@@ -25,7 +25,7 @@ from weightvae.determinism import pin  # noqa: E402
 
 pin()
 
-from refine_steps import curves, tiny  # noqa: E402
+from refine_steps import arguments, curves, tiny_inputs  # noqa: E402
 
 from weightvae.encode import EncodeParams  # noqa: E402
 from weightvae.model import VAE  # noqa: E402
@@ -34,22 +34,13 @@ from weightvae.train import TrainParams  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--shards", default=str(ROOT / "model_data/shards"))
-    ap.add_argument("--model", default=str(ROOT / "model_data/models/vae.ckpt"))
+    ap = arguments(__doc__.splitlines()[0], "val")
     ap.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
-    ap.add_argument("--models", type=int, default=128, help="seeded subset of the val split")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tiny", action="store_true", help="smoke run on a tiny zoo in a temporary folder")
     args = ap.parse_args()
     enc = load_section(args.params, "encode", EncodeParams)
     if args.tiny:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            args.shards, args.model = tiny(Path(tmp), args.params)
-            args.lrs, args.models = [0.1, 0.2], 4
+        with tiny_inputs(args):
+            args.lrs = [0.1, 0.2]
             return run(args, replace(enc, refine_steps=2))
     return run(args, enc)
 

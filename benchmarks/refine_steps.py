@@ -16,8 +16,10 @@ Prints JSON.
 """
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -52,23 +54,35 @@ def agreement(model, z: torch.Tensor, x: torch.Tensor, lids: list[str], keys: li
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = arguments(__doc__.splitlines()[0], "test")
+    ap.add_argument("--steps", type=int, nargs="+", default=[0, 50, 200, 800, 1600])
+    args = ap.parse_args()
+    if args.tiny:
+        with tiny_inputs(args):
+            args.steps = [0, 2]
+            return run(args)
+    return run(args)
+
+
+def arguments(description: str, split: str) -> argparse.ArgumentParser:
+    """The options of the refinement benchmarks (this one and `refine_lr.py`), on a seeded subset of `split`."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--shards", default=str(ROOT / "model_data/shards"))
     ap.add_argument("--model", default=str(ROOT / "model_data/models/vae.ckpt"))
-    ap.add_argument("--steps", type=int, nargs="+", default=[0, 50, 200, 800, 1600])
-    ap.add_argument("--models", type=int, default=128, help="seeded subset of the test split")
+    ap.add_argument("--models", type=int, default=128, help=f"seeded subset of the {split} split")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="smoke run on a tiny zoo in a temporary folder")
-    args = ap.parse_args()
-    if args.tiny:
-        import tempfile
+    return ap
 
-        with tempfile.TemporaryDirectory() as tmp:
-            args.shards, args.model = tiny(Path(tmp), args.params)
-            args.steps, args.models = [0, 2], 4
-            return run(args)
-    return run(args)
+
+@contextlib.contextmanager
+def tiny_inputs(args: argparse.Namespace):
+    """`args` pointed at a tiny zoo and codec (`tiny`) in a temporary folder, 4 networks of them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args.shards, args.model = tiny(Path(tmp), args.params)
+        args.models = 4
+        yield args
 
 
 def tiny(root: Path, params: str) -> tuple[Path, Path]:
