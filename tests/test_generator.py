@@ -11,7 +11,7 @@ import torch
 from weightvae import metrics as M
 from weightvae.archs import build_model
 from weightvae.canonical import canonicalize, random_permutation
-from weightvae.generation import Reference, prompt_alignment, summary
+from weightvae.generation import Reference, is_novel, prompt_alignment, summary
 from weightvae.generator import (
     GeneratorError,
     GeneratorParams,
@@ -78,6 +78,13 @@ def test_summary_and_prompt_alignment_by_hand():
     assert s["acc_ratio_vs_fresh"] == pytest.approx(1.0)
     assert s["weight_novelty_vs_fresh"] == 0.0 and s["functional_novelty_vs_fresh"] == 0.0
     assert summary(fresh, fresh)["weight_novelty_vs_fresh"] == 1.0
+    assert is_novel(summary(fresh, fresh), summary(fresh, fresh)) and not is_novel(s, summary(fresh, fresh))
+    # an easy task: the fresh runs miss exactly what some training network misses -> no ratio, the medians compared
+    easy = {**fresh, "error_overlap": torch.tensor([1.0, 1.0, 0.5])}
+    s_easy = summary(copies, easy)
+    assert s_easy["functional_novelty_vs_fresh"] is None and s_easy["weight_novelty_vs_fresh"] == 0.0
+    far = {**copies, "distance": torch.tensor([3.0, 3.0])}
+    assert is_novel(summary(far, easy), summary(easy, easy)) and not is_novel(s_easy, summary(easy, easy))
     a = prompt_alignment(np.array([0.2, 0.4, 0.6]), np.array([0.3, 0.4, 0.5]))
     assert a["prompt_mae"] == pytest.approx(0.2 / 3)
     assert a["prompt_r2"] == pytest.approx(1 - 0.02 / 0.02)  # SS_res 0.02, SS_tot of achieved 0.02

@@ -295,6 +295,11 @@ def test_functional_novelty_ratio():
     assert copies["ratio_median"] == 0.0 and copies["sample_disagreement_median"] == 0.0
     assert scale > 0.2 and fresh["train_disagreement_median"] == scale  # other-run neighbours only
     assert 0.85 < fresh["ratio_median"] < 1.15
+    # an easy task (training runs predict alike: reference 0): the ratio counts the inputs a sample differs on
+    two_off = labels.repeat(3, 1)
+    two_off[:, :2] = (labels[:2] + 1) % 10
+    easy = functional_novelty_ratio(two_off, labels[None], 0.0)
+    assert easy["ratio_median"] == pytest.approx(2.0) and easy["train_disagreement_median"] == 0.0
     with pytest.raises(ValueError, match="run ids"):
         train_nn_disagreements(train, run_ids[:-1])
     with pytest.raises(ValueError, match="at least 2 runs"):

@@ -187,6 +187,23 @@ def test_train_writes_its_outputs_and_exports_the_best_epoch(shards, tmp_path):
     assert val_loss(model, shards, p.batch_size) == pytest.approx(min(val_curve), rel=1e-5)
 
 
+def test_an_empty_val_split_keeps_the_last_epoch_and_says_so(tiny_zoo, tmp_path, capsys):
+    """A small zoo can send no run to val (ingest's hash split): train keeps the last epoch, with one line."""
+    no_val = tmp_path / "shards"
+    ingest(IngestParams(zoo_dir=str(tiny_zoo[0]), split=(0.6, 0.0, 0.4), workers=1), no_val, log=lambda *_: None)
+    counts = json.loads((no_val / "manifest.json").read_text())["counts"]
+    assert counts["val"] == 0 and counts["test"] > 0
+    out, ckpt, _, _ = fit(tiny(), no_val, tmp_path / "run")
+    assert "train: the val split holds no networks" in capsys.readouterr().out
+    last = torch.load(ckpt / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1 and states_equal(torch.load(out, weights_only=True)["state_dict"], last["state_dict"])
+    # and the stages after it: nothing of val to encode or decode, the rest as usual
+    encode(EncodeParams(refine_steps=0), no_val, out, tmp_path / "latents.parquet")
+    written = reconstruct(ReconstructParams(n_samples=2, sampler="kde"), no_val, out, tmp_path / "latents.parquet",
+                          tmp_path / "recon")
+    assert written["val"] == 0 and written["test"] == counts["test"] and written["samples"] > 0
+
+
 def test_same_seed_same_bytes_other_seed_other_bytes(shards, tmp_path):
     a = fit(tiny(), shards, tmp_path / "a")[0].read_bytes()
     b = fit(tiny(), shards, tmp_path / "b")[0].read_bytes()

@@ -1,8 +1,8 @@
 """Bring your own networks and data: a really trained zoo of an architecture and a task weightvae does not build
 in, registered from a module inside the repository (`tests/user_nets.py`) and declared in the stages' deps as the
-README says, through `dvc repro` from ingest to evaluate. The behavioural term and refinement run on it (its KL
-falls), the code's size follows the network (`latent_dim: auto`), and evaluate scores it as a network on the
-task's own test split."""
+README says, through the README's `dvc repro --downstream ingest` (every stage from ingest on). The behavioural
+term and refinement run on it (its KL falls), the code's size follows the network (`latent_dim: auto`), evaluate
+scores it as a network on the task's own test split, and generation and the probes work on it."""
 
 import json
 import math
@@ -16,14 +16,16 @@ from user_nets import train_zoo
 from weightvae.registry import RegistryParams, undeclared_deps
 
 REGISTRY = {"architectures": {"gelu_cnn": "tests.user_nets:build_gelu_cnn", "tab_mlp": "tests.user_nets:build_tab_mlp",
-                              "bn_mlp": "tests.user_nets:build_bn_mlp"},
-            "tasks": {"digits_own": "tests.user_nets:load_digits_own", "wine": "tests.user_nets:load_wine"}}
+                              "bn_mlp": "tests.user_nets:build_bn_mlp", "res_ln_mlp": "tests.user_nets:build_res_ln_mlp"},
+            "tasks": {"digits_own": "tests.user_nets:load_digits_own", "wine": "tests.user_nets:load_wine",
+                      "breast_cancer": "tests.user_nets:load_breast_cancer"}}
 COMPRESSION = 20.0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, task, weights, runs", [("gelu_cnn", "digits_own", 590, 12),
-                                                       ("tab_mlp", "wine", 275, 16), ("bn_mlp", "wine", 339, 16)])
+                                                       ("tab_mlp", "wine", 275, 16), ("bn_mlp", "wine", 339, 16),
+                                                       ("res_ln_mlp", "breast_cancer", 1419, 16)])
 def test_a_registered_architecture_and_task_get_refinement_and_functional_metrics(arch, task, weights, runs,
                                                                                   tmp_path):
     zoo = tmp_path / "their_zoo"
@@ -39,9 +41,10 @@ def test_a_registered_architecture_and_task_get_refinement_and_functional_metric
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
     assert undeclared_deps(dvc["stages"], RegistryParams(**REGISTRY), repo) == []
 
-    out = _sh(["dvc", "repro", "evaluate"], repo)
+    out = _sh(["dvc", "repro", "--downstream", "ingest"], repo)  # the README's journey: every stage after ingest
+    assert "Running stage 'zoo'" not in out
     latent = math.floor(weights / COMPRESSION)
-    assert (f"train: latent_dim auto: {latent} latent values for the longest layout's {weights} learned weights "
+    assert (f"train: latent_dim auto: {latent} latent values for the longest layout's {weights:,} learned weights "
             f"(train.compression 20: {weights / latent:.2f}x)") in out
     assert "off for" not in out and "not registered" not in out and "cannot be vmapped" not in out, out
 
@@ -64,3 +67,12 @@ def test_a_registered_architecture_and_task_get_refinement_and_functional_metric
     test = {(r["run_id"], r["epoch"]) for r in rows if r["split"] == "test"}
     accs = [r["metrics"]["test_acc"] for r in records if (r["run_id"], r["epoch"]) in test]
     assert g["original_acc"] == pytest.approx(sum(accs) / len(accs), abs=1e-6)
+
+    # the generator's networks are judged on the user's task, the latent probed for the user's runs
+    gen = json.loads((repo / "metrics/generate.json").read_text())["groups"]
+    (name, judged), = gen.items()
+    assert name.startswith(f"{task}/{arch}/") and judged["fresh"]["runs"] == len(test) // 2  # final checkpoints
+    assert 0 < judged["methods"]["flow"]["acc_mean"] <= 1
+    probe = json.loads((repo / "metrics/probe.json").read_text())["groups"][f"{task}/{arch}"]
+    assert "test_acc" in probe["targets"]
+    assert "up to date" in _sh(["dvc", "status", "--with-deps", "evaluate", "generation", "probe"], repo)

@@ -123,19 +123,32 @@ class Reference:
         return torch.stack([self.layout.flatten(canonicalize(self.arch, self.layout.unflatten(v, {}))) for v in w])
 
 
-def summary(j: dict[str, Tensor], fresh: dict[str, Tensor]) -> dict[str, float]:
+def summary(j: dict[str, Tensor], fresh: dict[str, Tensor]) -> dict[str, float | None]:
     """A method's figures against the fresh runs': accuracy ratio (means), weight novelty (median distance ratio),
-    functional novelty (median of 1 - error overlap, ratio), agreement with the nearest training network."""
+    functional novelty (median of 1 - error overlap, ratio), agreement with the nearest training network.
+    A novelty ratio is None (null in the JSON) where the fresh runs' median is 0: on a task so easy that most
+    fresh runs miss exactly the inputs some training network misses, no ratio to them tells new from copied
+    (`is_novel` then compares the medians themselves)."""
     def med(t: Tensor) -> float:
         return float(t.double().quantile(0.5))
 
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if b > 0 else None
+
     return {"acc_mean": float(j["acc"].mean()),
             "acc_ratio_vs_fresh": float(j["acc"].mean() / fresh["acc"].mean()),
-            "weight_novelty_vs_fresh": med(j["distance"]) / max(med(fresh["distance"]), 1e-12),
-            "functional_novelty_vs_fresh": med(1 - j["error_overlap"]) / max(med(1 - fresh["error_overlap"]), 1e-12),
+            "weight_novelty_vs_fresh": ratio(med(j["distance"]), med(fresh["distance"])),
+            "functional_novelty_vs_fresh": ratio(med(1 - j["error_overlap"]), med(1 - fresh["error_overlap"])),
             "error_overlap_median": med(j["error_overlap"]),
             "nearest_agreement_median": med(j["agreement"]),
             "nearest_distance_median": med(j["distance"])}
+
+
+def is_novel(s: dict[str, float | None], fresh: dict[str, float | None]) -> bool:
+    """Whether a method's medians (`summary`) reach `NOVELTY_BAR` times the fresh runs' in weight and in function
+    space: the ratios' test, also where a ratio is undefined (the fresh runs' median 0: any median reaches it)."""
+    return (s["nearest_distance_median"] >= NOVELTY_BAR * fresh["nearest_distance_median"]
+            and 1 - s["error_overlap_median"] >= NOVELTY_BAR * (1 - fresh["error_overlap_median"]))
 
 
 def prompt_alignment(prompted: np.ndarray, achieved: np.ndarray) -> dict[str, float]:
@@ -282,8 +295,7 @@ def generation(p: GenerationParams, gen_p, shards: str | Path, model_path: str |
         bar.update(p.prompts * p.per_prompt)
         fresh_summary = summary(fresh, fresh)
         baselines = [m for m in methods if not m.startswith(FLOW)]
-        novel = [m for m in baselines if methods[m]["weight_novelty_vs_fresh"] >= NOVELTY_BAR
-                 and methods[m]["functional_novelty_vs_fresh"] >= NOVELTY_BAR]
+        novel = [m for m in baselines if is_novel(methods[m], fresh_summary)]
         best = max(novel, key=lambda m: methods[m]["acc_ratio_vs_fresh"]) if novel else None
         out["groups"][name] = {
             "fresh": {"runs": len(fresh_rows), "acc_mean": fresh_summary["acc_mean"],
@@ -326,6 +338,8 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
                                (row[1], "functional_novelty_vs_fresh", "functional novelty (1 - error-set overlap)")):
             for m, v in g["methods"].items():
                 family = m.split("_")[0]
+                if v[key] is None:  # undefined (`summary`): nothing to place
+                    continue
                 ax.scatter(v[key], v["acc_ratio_vs_fresh"], marker="*" if family == "flow" else "o",
                            s=160 if family == "flow" else 40, label=m)
                 ax.annotate(m, (v[key], v["acc_ratio_vs_fresh"]), fontsize=7, xytext=(3, 3),
@@ -361,7 +375,9 @@ def run(args: argparse.Namespace) -> None:
     plot(result, args.plot)
     for name, g in result["groups"].items():
         u, c = g["unconditional"], g["conditioned"]
+        weight, function = (("undefined" if v is None else f"{v:.3f}")
+                            for v in (u["weight_novelty_vs_fresh"], u["functional_novelty_vs_fresh"]))
         print(f"generation: {name}: flow acc {u['acc_ratio_vs_fresh']:.3f}x fresh, novelty weight "
-              f"{u['weight_novelty_vs_fresh']:.3f} function {u['functional_novelty_vs_fresh']:.3f}; prompts R² "
+              f"{weight} function {function}; prompts R² "
               f"{c['prompt_r2']:.3f} MAE {c['prompt_mae']:.3f}; best baseline at novelty "
               f"{g['best_baseline_at_novelty']['method']}")

@@ -321,8 +321,11 @@ def functional_novelty_ratio(samples_pred: Tensor, train_pred: Tensor, reference
     with the training model it agrees with most, over `reference`, the median of
     `train_nn_disagreements` over a reference population of training models. Copies, permuted or
     not, score 0; a fresh network about 1. Only meaningful beside accuracy: a network at chance
-    disagrees with everything. Predictions: `[S, N]`, `[T, N]`.
+    disagrees with everything. Predictions: `[S, N]`, `[T, N]`. As in `fidelity_gains`, the
+    reference is floored at one input's worth (`1 / N`): on an easy task most training models
+    predict exactly as another run's, and the ratio then counts the inputs a sample differs on.
     """
     sample_dis = (1 - best_agreement(samples_pred, train_pred)[0]).quantile(0.5).item()
-    return {"ratio_median": sample_dis / max(reference, 1e-12), "sample_disagreement_median": sample_dis,
+    return {"ratio_median": sample_dis / max(reference, 1 / samples_pred.shape[1]),
+            "sample_disagreement_median": sample_dis,
             "train_disagreement_median": reference}

@@ -92,7 +92,7 @@ def reconstruct(p: ReconstructParams, shards: str | Path, model_path: str | Path
                             save_network(shard_record(sd, pr, source_id=pr["id"], split=split), folder, pr["id"])
                         bar.update(len(batch))
                     counts[split] += len(rows) if column == "latent" else 0
-            if not counts[split]:
+            if props and not counts[split]:  # an empty split (a small zoo, ingest's line) has nothing to decode
                 raise ReconstructError(f"{latents}: no latents of the {split!r} split; add {split!r} to encode.splits "
                                        "(or remove it from reconstruct.splits) and rerun encode")
         (tmp / "samples").mkdir()

@@ -217,6 +217,10 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
                        normalize=p.normalize, topk=p.topk, seed=p.seed, window=p.window, chunk_size=p.chunk_size)
     dm.setup("fit")
     ds = dm.train_dataset
+    no_val = len(dm.val_dataset) == 0
+    if no_val:
+        print("train: the val split holds no networks (ingest.split, metrics/ingest.json): the last epoch's model "
+              "is kept, as nothing can choose the best")
     layouts = json.loads((Path(shards) / "layouts.json").read_text())
     layout_ids = sorted(layouts)
     p = resolve_latent(p, max(lay["length"] for lay in layouts.values()), log=print)
@@ -255,7 +259,8 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
     metrics["latent_dim"] = float(p.latent_dim)  # the chosen size (also in the export's config: vae.latent_dim)
     if trainer.is_global_zero:
         # Lightning's checkpoints carry paths and loop state; the export carries only what defines the model.
-        blob = torch.load(ckpt_dir / f"{best_name}.ckpt", map_location="cpu", weights_only=True)
+        blob = torch.load(ckpt_dir / f"{last_name if no_val else best_name}.ckpt", map_location="cpu",
+                          weights_only=True)
         model = build_module(p, ds.max_len, layout_ids, n_layers, functional, sizes)
         model.load_state_dict(blob["state_dict"])  # includes the normalisation buffers
         if p.codec == "function" and p.autodecode_epochs:
