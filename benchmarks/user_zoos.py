@@ -5,7 +5,8 @@ compute what they computed?
         [--tiny]
 
 For each zoo of `tests/user_nets.py` (a GELU / average-pooling CNN on its own split of digits; an MLP on
-scikit-learn's wine table), `--runs` networks are really trained (Adam, varied learning rate, weight decay and
+scikit-learn's wine table, and one with BatchNorm; a residual LayerNorm MLP on the binary breast cancer table),
+`--runs` networks are really trained (Adam, varied learning rate, weight decay and
 batch size; a checkpoint after each of `--epochs` epochs), then a git + DVC copy of this repository with the
 default params plus the registration (`registry:`, `ingest.zoo_dir`, the module in the stages' deps, as the
 README says) runs `dvc repro evaluate` (ingest -> train -> encode -> reconstruct -> evaluate). From its
@@ -14,7 +15,7 @@ compression >= 4x, fidelity gain vs the oracle substitute >= 0.5, retention >= 0
 size + 0.3. Prints JSON: each zoo's figures, each criterion's pass/fail, and the seconds each part took.
 `--compression R` sets `train.compression` (default: params.yaml's, 16). `--tiny`: 12 runs x 2 epochs and the
 CI-sized params of tests/ci_params.yaml (a smoke run; the bar is reported, not expected to pass). A full run
-(64 runs x 3 checkpoints each) takes minutes on 2 CPU cores (128 runs of both zoos: about 10 minutes).
+(64 runs x 3 checkpoints each) takes minutes on 2 CPU cores (128 runs of each of the four zoos: about 20 minutes).
 """
 
 import argparse
@@ -34,9 +35,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_pipeline import _sh, copy_repo
 from user_nets import ZOOS, train_zoo
 
-TASKS = {"gelu_cnn": "digits_own", "tab_mlp": "wine"}
-REGISTRY = {"architectures": {"gelu_cnn": "tests.user_nets:build_gelu_cnn", "tab_mlp": "tests.user_nets:build_tab_mlp"},
-            "tasks": {"digits_own": "tests.user_nets:load_digits_own", "wine": "tests.user_nets:load_wine"}}
+TASKS = {"gelu_cnn": "digits_own", "tab_mlp": "wine", "bn_mlp": "wine", "res_ln_mlp": "breast_cancer"}
+REGISTRY = {"architectures": {arch: f"tests.user_nets:build_{arch}" for arch in TASKS},
+            "tasks": {"digits_own": "tests.user_nets:load_digits_own", "wine": "tests.user_nets:load_wine",
+                      "breast_cancer": "tests.user_nets:load_breast_cancer"}}
 MODULE = "tests/user_nets.py"
 
 

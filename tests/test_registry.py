@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -16,8 +17,8 @@ from weightvae.archs import ARCHITECTURES, build_model
 from weightvae.ingest import IngestParams, ingest
 from weightvae.params import ParamsError, build
 from weightvae.records import file_name
-from weightvae.registry import RegistryParams, register
-from weightvae.tasks import TASKS, get_task
+from weightvae.registry import RegistryParams, checked_task_data, register
+from weightvae.tasks import TASKS, TaskData, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,6 +212,29 @@ def test_a_builder_returning_no_module_or_a_loader_no_task_data_is_named():
         build_model("mynet", {})
     with pytest.raises(ParamsError, match=r"registry.tasks.t: .* it returned a str, expected weightvae.tasks.TaskData"):
         get_task("t")
+
+
+def test_a_loaders_arrays_and_dtypes_are_converted_and_bad_labels_named():
+    """Numpy arrays, float64 inputs and int32 labels `[N, 1]` are what they look like; labels that cannot be
+    classes, or a count mismatch, stop with one line naming the registration and the field."""
+    x, y = np.arange(12, dtype=np.float64).reshape(4, 3), np.array([[0], [2], [1], [2]], dtype=np.int32)
+    d = checked_task_data(TaskData("t", x, y, torch.zeros(2, 3, dtype=torch.float64), torch.tensor([1, 0]), 3), "k")
+    assert d.x_train.dtype == d.x_test.dtype == torch.float32 and d.y_train.dtype == d.y_test.dtype == torch.int64
+    assert torch.equal(d.x_train, torch.from_numpy(x).float()) and d.y_train.tolist() == [0, 2, 1, 2]
+    good = (torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]))
+    for bad, message in [((torch.zeros(4, 3), torch.tensor([0, 1, 3, 0])), "y_train has labels in [0, 3], outside "
+                                                                            "[0, num_classes = 3): number the classes"),
+                         ((torch.zeros(4, 3), torch.tensor([1, 2, 3, 4])), "y_train has labels in [1, 4]"),
+                         ((torch.zeros(4, 3), torch.tensor([0.0, 1.0, 2.0, 0.0])), "y_train is torch.float32 of "
+                                                                                   "shape (4,): give integer class"),
+                         ((torch.zeros(4, 3), torch.tensor([0, 1, 2])), "x_train holds 4 inputs and y_train 3 labels"),
+                         ((torch.zeros(4, 3, dtype=torch.int64), good[1]), "x_train is torch.int64"),
+                         (([[0.0]] * 4, good[1]), "x_train is a list: give a torch.Tensor")]:
+        with pytest.raises(ParamsError) as e:
+            checked_task_data(TaskData("t", *bad, *good, 3), "registry.tasks.t: 'm:f'")
+        assert str(e.value).startswith("registry.tasks.t: 'm:f' returned a TaskData whose ") and message in str(e.value)
+    with pytest.raises(ParamsError, match="num_classes is 1: give the number of classes"):
+        checked_task_data(TaskData("t", *good, *good, 1), "k")
 
 
 def _stage(name: str, params_text: str, tmp_path) -> subprocess.CompletedProcess:

@@ -16,7 +16,8 @@ from user_nets import train_zoo
 from weightvae.registry import RegistryParams, undeclared_deps
 
 REGISTRY = {"architectures": {"gelu_cnn": "tests.user_nets:build_gelu_cnn", "tab_mlp": "tests.user_nets:build_tab_mlp",
-                              "bn_mlp": "tests.user_nets:build_bn_mlp", "res_ln_mlp": "tests.user_nets:build_res_ln_mlp"},
+                              "bn_mlp": "tests.user_nets:build_bn_mlp",
+                              "res_ln_mlp": "tests.user_nets:build_res_ln_mlp"},
             "tasks": {"digits_own": "tests.user_nets:load_digits_own", "wine": "tests.user_nets:load_wine",
                       "breast_cancer": "tests.user_nets:load_breast_cancer"}}
 COMPRESSION = 20.0

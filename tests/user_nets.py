@@ -10,8 +10,8 @@
 built in: a CNN with GELU and average pooling on its own split of digits (images `[N, 1, 8, 8]`, 10 classes), an
 MLP on scikit-learn's wine table (`[N, 13]`, 3 classes), one with BatchNorm there (its running statistics are
 part of what is coded), and a residual MLP with LayerNorm, a bias-free layer and a scalar parameter on the binary
-breast cancer table (`[N, 30]`, 2 classes). `train_zoo` really trains a zoo of any of them, with varied hyperparameters, in the zoo
-file schema ingest reads (used by the tests and by benchmarks/user_zoos.py).
+breast cancer table (`[N, 30]`, 2 classes). `train_zoo` really trains a zoo of any of them, with varied
+hyperparameters, in the zoo file schema ingest reads (used by the tests and by benchmarks/user_zoos.py).
 """
 
 from __future__ import annotations

@@ -150,9 +150,43 @@ def _checked_loader(key: str, spec: str, load: Callable[[], Any]) -> Callable[[]
         if not isinstance(data, TaskData):
             raise ParamsError(f"{key}: {spec!r} is not allowed; it returned a {type(data).__name__}, "
                               "expected weightvae.tasks.TaskData")
-        return data
+        return checked_task_data(data, f"{key}: {spec!r}")
 
     return checked
+
+
+def checked_task_data(data: TaskData, where: str) -> TaskData:
+    """A user's `TaskData` as every stage expects it: inputs float32 tensors `[N, ...]`, labels int64 `[N]` in
+    `[0, num_classes)`. Arrays and other float / integer dtypes are converted (labels `[N, 1]` flattened); what
+    cannot be meant one way stops with one line naming `where`, the field and what to return instead."""
+    import numpy as np
+    import torch
+
+    def fail(what: str) -> ParamsError:
+        return ParamsError(f"{where} returned a TaskData whose {what}")
+
+    if not (isinstance(data.num_classes, int | np.integer) and data.num_classes >= 2):
+        raise fail(f"num_classes is {data.num_classes!r}: give the number of classes, an int >= 2")
+    out = {}
+    for split in ("train", "test"):
+        x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+        x, y = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in (x, y))
+        for name, v in ((f"x_{split}", x), (f"y_{split}", y)):
+            if not isinstance(v, torch.Tensor):
+                raise fail(f"{name} is a {type(v).__name__}: give a torch.Tensor (or a numpy array)")
+        if not x.is_floating_point() or x.dim() < 1 or len(x) == 0:
+            raise fail(f"x_{split} is {x.dtype} of shape {tuple(x.shape)}: give float inputs [N, ...] with N >= 1")
+        if y.dim() == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.dim() != 1:
+            raise fail(f"y_{split} is {y.dtype} of shape {tuple(y.shape)}: give integer class labels [N]")
+        if len(y) != len(x):
+            raise fail(f"x_{split} holds {len(x)} inputs and y_{split} {len(y)} labels: give one label per input")
+        if int(y.min()) < 0 or int(y.max()) >= data.num_classes:
+            raise fail(f"y_{split} has labels in [{int(y.min())}, {int(y.max())}], outside [0, num_classes = "
+                       f"{data.num_classes}): number the classes from 0")
+        out[f"x_{split}"], out[f"y_{split}"] = x.float().contiguous(), y.long().contiguous()
+    return TaskData(data.name, out["x_train"], out["y_train"], out["x_test"], out["y_test"], int(data.num_classes))
 
 
 def module_file(spec: str, root: str | Path) -> str | None:
