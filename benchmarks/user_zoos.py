@@ -15,7 +15,7 @@ compression >= 4x, fidelity gain vs the oracle substitute >= 0.5, retention >= 0
 size + 0.3. Prints JSON: each zoo's figures, each criterion's pass/fail, and the seconds each part took.
 `--compression R` sets `train.compression` (default: params.yaml's, 16). `--tiny`: 12 runs x 2 epochs and the
 CI-sized params of tests/ci_params.yaml (a smoke run; the bar is reported, not expected to pass). A full run
-(64 runs x 3 checkpoints each) takes minutes on 2 CPU cores (128 runs of each of the four zoos: about 20 minutes).
+(64 runs x 3 checkpoints each) takes minutes on 2 CPU cores (128 runs of each of the four zoos: about 10 minutes).
 """
 
 import argparse
