@@ -26,6 +26,7 @@ SMOKE = {
     "user_zoos.py": ["--tiny"],
     "refine_steps.py": ["--tiny"],
     "refine_lr.py": ["--tiny"],
+    "encode_batch.py": ["--tiny"],
     "codec_variants.py": ["--tiny"],
 }
 
@@ -121,6 +122,18 @@ def _refine_lr(out: dict) -> bool:
     return all(0 <= a <= 1 for a in out["agreement"])
 
 
+def _encode_batch(out: dict) -> bool:
+    """Both sizes of the smoke run encoded every network of the split; speeds are over the first size's, the
+    first size's codes differ from themselves by 0, and another size's mean behavioural KL is the same to 0.1 %."""
+    first, second = out["sizes"]
+    assert (first["batch_size"], second["batch_size"], out["refine_steps"]) == (2, 4, 2)
+    assert first["networks"] == second["networks"] > 0 and first["speed_vs_first"] == 1.0
+    assert second["speed_vs_first"] == pytest.approx(second["networks_per_s"] / first["networks_per_s"], rel=1e-2)
+    assert first["max_code_difference_vs_first"] == first["mean_code_difference_vs_first"] == 0.0
+    assert second["mean_code_difference_vs_first"] <= second["max_code_difference_vs_first"]
+    return second["behaviour_kl_mean"] == pytest.approx(first["behaviour_kl_mean"], rel=1e-3)
+
+
 def _codec_variants(out: dict) -> bool:
     """The two variants of the smoke run, each judged from its encoder and after refinement, the controls once;
     the best is the one whose refined agreement is highest, and its margins over the controls are differences."""
@@ -149,6 +162,7 @@ CHECKS = {
     "user_zoos.py": _user_zoos,
     "refine_steps.py": _refine_steps,
     "refine_lr.py": _refine_lr,
+    "encode_batch.py": _encode_batch,
     "codec_variants.py": _codec_variants,
 }
 

@@ -41,7 +41,7 @@ class EncodeParams:
     refine_lr: float = 0.2  # first learning rate of the cosine schedule (chosen on val: benchmarks/refine_lr.py)
     probe_count: int | None = None  # the task's training inputs the function is matched on (None: all)
     probe_batch: int = 16  # probe inputs scored per step, visiting all of them in a seeded order
-    batch_size: int = 256  # networks refined together (a code never depends on its batch)
+    batch_size: int = 256  # networks refined together (a code does not depend on which networks share its batch)
     seed: int = 0  # of the probe order
 
     def __post_init__(self) -> None:
