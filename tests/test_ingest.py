@@ -429,6 +429,21 @@ def test_params_are_checked():
 
 
 @pytest.mark.slow
+def test_a_split_no_run_landed_in_is_said_in_one_line(tiny_zoo, tmp_path, capsys):
+    """A small zoo can leave a split with a share empty (the hash split): allowed, and said; a share of 0 is not."""
+    from weightvae import ingest as stage
+
+    for split, said in (([0.5, 0.01, 0.49], True), ([0.6, 0.0, 0.4], False)):
+        (tmp_path / "params.yaml").write_text(f"ingest:\n  zoo_dir: {tiny_zoo[0]}\n  workers: 1\n  split: {split}\n")
+        stage.run(argparse.Namespace(params=str(tmp_path / "params.yaml"), zoo_dir=None, out=str(tmp_path / "out"),
+                                     metrics=str(tmp_path / "ingest.json")))
+        out = capsys.readouterr().out
+        assert json.loads((tmp_path / "ingest.json").read_text())["splits"]["val"] == 0
+        line = (f"ingest: no run landed in the val split of 5 runs (ingest.split {split} sends each run by a salted "
+                "hash of its run id): add runs, raise that share, or set another ingest.split_salt")
+        assert (line in out) == said, out
+
+
 def test_stage_runs_end_to_end_and_fails_with_one_line(tiny_zoo, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(f"ingest:\n  zoo_dir: {tmp_path / 'nowhere'}\n  workers: 2\n")

@@ -188,3 +188,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"ingest: {m['models']} models ({m['runs']} runs, {m['layouts']} layouts, max_len {m['max_len']}) "
           f"train/val/test {m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']} "
           f"in {m['seconds']}s ({m['models_per_s']} models/s){skipped}")
+    empty = [s for s, share in zip(SPLITS, p.split) if share > 0 and not m["splits"][s]]
+    if empty:  # allowed (a small zoo), but said: train chooses its epoch on val, evaluate judges test
+        print(f"ingest: no run landed in the {' and '.join(empty)} split of {m['runs']} runs (ingest.split "
+              f"{list(p.split)} sends each run by a salted hash of its run id): add runs, raise that share, or set "
+              "another ingest.split_salt")
