@@ -29,7 +29,7 @@ from weightvae.determinism import pin  # noqa: E402
 
 pin()
 
-from refine_steps import tiny_inputs  # noqa: E402  (pins again: before numpy)
+from refine_steps import arguments, tiny_inputs  # noqa: E402  (pins again: before numpy)
 
 import numpy as np  # noqa: E402
 
@@ -41,13 +41,9 @@ from weightvae.params import load_section  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--shards", default=str(ROOT / "model_data/shards"))
-    ap.add_argument("--model", default=str(ROOT / "model_data/models/vae.ckpt"))
+    ap = arguments(__doc__.splitlines()[0], None)  # every network of --split: no subset
     ap.add_argument("--split", default="train", choices=["train", "val", "test"])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256, 512])
-    ap.add_argument("--tiny", action="store_true", help="smoke run on a tiny zoo in a temporary folder")
     args = ap.parse_args()
     enc = load_section(args.params, "encode", EncodeParams)
     if args.tiny:

@@ -64,14 +64,16 @@ def main() -> None:
     return run(args)
 
 
-def arguments(description: str, split: str) -> argparse.ArgumentParser:
-    """The options of the refinement benchmarks (this one and `refine_lr.py`), on a seeded subset of `split`."""
+def arguments(description: str, split: str | None) -> argparse.ArgumentParser:
+    """The options of the refinement benchmarks (this one, `refine_lr.py`, `encode_batch.py`): the params, shards
+    and codec, a smoke run, and (given a `split`) a seeded subset of that split."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--shards", default=str(ROOT / "model_data/shards"))
     ap.add_argument("--model", default=str(ROOT / "model_data/models/vae.ckpt"))
-    ap.add_argument("--models", type=int, default=128, help=f"seeded subset of the {split} split")
-    ap.add_argument("--seed", type=int, default=0)
+    if split is not None:
+        ap.add_argument("--models", type=int, default=128, help=f"seeded subset of the {split} split")
+        ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="smoke run on a tiny zoo in a temporary folder")
     return ap
 
