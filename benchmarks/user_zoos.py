@@ -33,9 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from test_pipeline import _sh, copy_repo
-from user_nets import ZOOS, train_zoo
+from user_nets import TASKS, ZOOS, train_zoo
 
-TASKS = {"gelu_cnn": "digits_own", "tab_mlp": "wine", "bn_mlp": "wine", "res_ln_mlp": "breast_cancer"}
 REGISTRY = {"architectures": {arch: f"tests.user_nets:build_{arch}" for arch in TASKS},
             "tasks": {"digits_own": "tests.user_nets:load_digits_own", "wine": "tests.user_nets:load_wine",
                       "breast_cancer": "tests.user_nets:load_breast_cancer"}}

@@ -90,7 +90,7 @@ def test_a_user_module_missing_from_a_stages_deps_is_named(tmp_path):
     assert module_file("tests.user_nets:load_wine", ROOT) == "tests/user_nets.py"
     assert module_file("yaml:safe_load", ROOT) is None  # installed: not a file of this repository
     reading = sorted(n for n, s in STAGES.items() if "registry" in s.get("params", []))
-    assert reading == ["controls", "encode", "evaluate", "generation", "probe", "reconstruct", "train"]
+    assert reading == ["controls", "encode", "evaluate", "generation", "ingest", "probe", "reconstruct", "train"]
     assert undeclared_deps(STAGES, reg, ROOT) == [
         f"stage {n!r} reads `registry` but its deps lack tests/user_nets.py: add it to dvc.yaml" for n in reading]
     stages = copy.deepcopy(STAGES)

@@ -44,6 +44,8 @@ def test_a_registered_architecture_and_task_get_refinement_and_functional_metric
 
     out = _sh(["dvc", "repro", "--downstream", "ingest"], repo)  # the README's journey: every stage after ingest
     assert "Running stage 'zoo'" not in out
+    groups = {"gelu_cnn": "2 groups", "tab_mlp": "1 group", "bn_mlp": "1 group", "res_ln_mlp": "1 group"}[arch]
+    assert f"ingest: {task}/{arch}: {groups} of hidden units sorted, traced from its forward" in out  # test_canonical
     latent = math.floor(weights / COMPRESSION)
     assert (f"train: latent_dim auto: {latent} latent values for the longest layout's {weights:,} learned weights "
             f"(train.compression 20: {weights / latent:.2f}x)") in out
@@ -63,6 +65,8 @@ def test_a_registered_architecture_and_task_get_refinement_and_functional_metric
     vae = g["methods"]["vae"]
     assert {"acc", "retention", "agreement", "r2"} <= set(vae) and 0 < vae["agreement"] <= 1
     assert g["compression_ratio"] == pytest.approx(weights / latent)
+    # its units' permutations are known (traced at ingest): a permuted training network is judged a copy
+    assert g["samples"]["permuted_copies"]["functional_novelty_ratio"] == 0
     # the originals' accuracy is the one the user's own code measured on the user's own test split
     rows = pq.read_table(repo / "model_data/shards/models.parquet", columns=["run_id", "epoch", "split"]).to_pylist()
     test = {(r["run_id"], r["epoch"]) for r in rows if r["split"] == "test"}

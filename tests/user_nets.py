@@ -144,6 +144,7 @@ def load_breast_cancer() -> TaskData:
 ZOOS = {"gelu_cnn": (build_gelu_cnn, load_digits_own, {"channels": 6, "hidden": 8}),
         "tab_mlp": (build_tab_mlp, load_wine, {"hidden": 16}), "bn_mlp": (build_bn_mlp, load_wine, {"hidden": 16}),
         "res_ln_mlp": (build_res_ln_mlp, load_breast_cancer, {"width": 24})}
+TASKS = {"gelu_cnn": "digits_own", "tab_mlp": "wine", "bn_mlp": "wine", "res_ln_mlp": "breast_cancer"}  # loaders' names
 
 
 def train_zoo(arch: str, out: str | Path, runs: int, epochs: int = 3, seed: int = 0) -> list[dict]:

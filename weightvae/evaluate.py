@@ -31,7 +31,7 @@ import torch
 from weightvae import metrics as M
 from weightvae import standardize
 from weightvae.archs import ARCHITECTURES
-from weightvae.canonical import GROUPS, random_permutation
+from weightvae.canonical import random_permutation, supports
 from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
 from weightvae.params import StageError, add_inputs, load_section, require
@@ -334,9 +334,11 @@ def _samples(samples: list[dict[str, Any]], g: _Group, pool_ids: list[str] | Non
                train_nn_disagreement_median=fnov["train_disagreement_median"], acc=acc.tolist())
     if all(anchors):  # the KDE sampler: each sample against its own kernel's model
         out["acc_ratio_vs_anchors"] = acc_mean / float(np.mean([test_acc[pos[a]] for a in anchors]))
-    if g.arch in GROUPS:
+    if supports(g.arch, kwargs, g.task):
         idx = torch.randint(len(g.train_w), (len(recs),), generator=gen)
-        copies = [random_permutation(g.arch, g.layout.unflatten(g.train_w[i], {}), gen) for i in idx]
+        bufs = _json_list(g.train.buffers)  # integer buffers (BatchNorm's count) ride along unpermuted
+        copies = [random_permutation(g.arch, g.layout.unflatten(g.train_w[i], bufs[i]), gen, kwargs, g.task)
+                  for i in idx]
         pred_c = M.predictions(g.arch, kwargs, copies, data.x_test)
         out["permuted_copies"] = {
             "acc_ratio_vs_all_checkpoints": float(M.accuracy(pred_c, data.y_test).mean()) / float(np.mean(test_acc)),

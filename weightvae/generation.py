@@ -97,6 +97,7 @@ class Reference:
     scale: Tensor  # [L] per-layer std of the training networks
     x: Tensor  # the task's test inputs
     y: Tensor  # and labels
+    task: str | None = None  # whose inputs trace a registered architecture's unit groups (weightvae.canonical)
     train_pred: Tensor = field(init=False)  # [T, N] the training networks' predictions
 
     def __post_init__(self) -> None:
@@ -118,9 +119,10 @@ class Reference:
         """Networks in canonical unit order (as ingest stores the zoo's), where the architecture has one."""
         from weightvae.canonical import canonicalize, supports
 
-        if not supports(self.arch):
+        if not supports(self.arch, self.kwargs, self.task):
             return w
-        return torch.stack([self.layout.flatten(canonicalize(self.arch, self.layout.unflatten(v, {}))) for v in w])
+        return torch.stack([self.layout.flatten(canonicalize(self.arch, self.layout.unflatten(v, self.buffers), self.kwargs,
+                                                             self.task)) for v in w])
 
 
 def summary(j: dict[str, Tensor], fresh: dict[str, Tensor]) -> dict[str, float | None]:
@@ -248,7 +250,7 @@ def generation(p: GenerationParams, gen_p, shards: str | Path, model_path: str |
         kwargs = json.loads(train.arch_kwargs.iloc[0]) if isinstance(train.arch_kwargs.iloc[0], str) else {}
         data = get_task(task)
         _, scale = standardize.from_weights(train_w, layout.slices())
-        ref = Reference(arch, kwargs, layout, buffers, train_w, scale, data.x_test, data.y_test)
+        ref = Reference(arch, kwargs, layout, buffers, train_w, scale, data.x_test, data.y_test, task)
         gen = torch.Generator().manual_seed(p.seed)
         final = _final(train)
         codes = torch.stack([code_of[i] for i in train.id])

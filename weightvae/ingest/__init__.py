@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from weightvae import FORMAT_VERSION, shards
+from weightvae import FORMAT_VERSION, canonical, shards
 from weightvae.ingest.discovery import SUFFIXES, discover
 from weightvae.ingest.files import Loaded, Rejected, inspect_file
 from weightvae.ingest.formats import run_id_of
@@ -41,6 +41,7 @@ from weightvae.io import atomic_path, write_json
 from weightvae.layout import Layout
 from weightvae.params import INPUTS, add_inputs, load_section
 from weightvae.progress import Progress
+from weightvae.registry import register_params
 from weightvae.shards import SPLITS
 
 __all__ = ["SPLITS", "SUFFIXES", "IngestError", "IngestParams", "Loaded", "Rejected", "add_arguments", "discover",
@@ -162,12 +163,25 @@ def ingest(p: IngestParams, out: str | Path, log=print) -> dict[str, Any]:
     return {
         "models": len(rows), "runs": runs, "layouts": len(layouts), "max_len": max_len,
         "splits": counts, "tasks": dict(sorted(tasks.items())), "files": len(items), "ignored_files": ignored,
+        "unit_order": _unit_order(rows) if p.canonicalize else {},
         "rejected_count": len(rejected), "rejected": rejected,
         "seconds": round(seconds, 3), "models_per_s": round(len(rows) / seconds, 1),
     }
 
 
 _FEW = ("task", "architecture", "arch_kwargs", "hyperparameters")
+
+
+def _unit_order(rows: list[_Row]) -> dict[str, str]:
+    """Per task/architecture, how its hidden units are stored: sorted (in how many groups), or why not."""
+    out = {}
+    for arch, kwargs, task in sorted({(r.architecture, r.arch_kwargs, r.task) for r in rows}):
+        groups = canonical.unit_groups(arch, kwargs, task)
+        how = "as weightvae/canonical.py lists them" if arch in canonical.GROUPS else "traced from its forward"
+        sorted_ = f"{len(groups)} group{'s' * (len(groups) > 1)} of hidden units sorted, {how}"
+        out.setdefault(f"{task}/{arch}", sorted_ if groups else
+                       f"hidden units in stored order: {canonical.why_not(arch, kwargs, task)}")
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,6 +194,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Stage entry point: read `ingest:` params, ingest the zoo, write the metrics."""
     p = load_section(args.params, "ingest", IngestParams)
+    register_params(args.params)  # a registered architecture's hidden units are sorted too (its forward traced)
     if args.zoo_dir:
         p = dataclasses.replace(p, zoo_dir=args.zoo_dir)
     m = ingest(p, args.out)  # an IngestError is one line (run_command)
@@ -188,6 +203,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"ingest: {m['models']} models ({m['runs']} runs, {m['layouts']} layouts, max_len {m['max_len']}) "
           f"train/val/test {m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']} "
           f"in {m['seconds']}s ({m['models_per_s']} models/s){skipped}")
+    for group, how in m["unit_order"].items():
+        if group.split("/", 1)[1] not in canonical.GROUPS:
+            print(f"ingest: {group}: {how}")
     empty = [s for s, share in zip(SPLITS, p.split) if share > 0 and not m["splits"][s]]
     if empty:  # allowed (a small zoo), but said: train chooses its epoch on val, evaluate judges test
         print(f"ingest: no run landed in the {' and '.join(empty)} split of {m['runs']} runs (ingest.split "

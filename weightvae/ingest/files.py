@@ -112,8 +112,8 @@ def _inspect(path: Path, rel: str, fmt: str, canonicalize: bool = False) -> Load
     if layout.length == 0:
         raise BadFile("has no floating-point tensors to learn")
     _check_architecture(sd, props)
-    if canonicalize and canonical.supports(props["architecture"]):
-        sd = canonical.canonicalize(props["architecture"], sd)
+    if canonicalize and canonical.supports(props["architecture"], props["arch_kwargs"], props["task"]):
+        sd = canonical.canonicalize(props["architecture"], sd, props["arch_kwargs"], props["task"])
     vec = layout.flatten(sd, check=False)
     if not bool(torch.isfinite(vec).all()):
         bad = [f"{e.name!r} ({int(torch.isnan(v).sum())} NaN, {int(torch.isinf(v).sum())} Inf)"
