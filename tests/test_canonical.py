@@ -160,3 +160,26 @@ def test_units_an_op_mixes_or_control_flow_hides_are_left_in_place_and_said_why(
     sd = _Branchy().state_dict()
     assert all(torch.equal(canonicalize("branchy", sd, {}, "wine")[k], sd[k]) for k in sd)  # stored order kept
     assert why_not("nosuch", {}, "wine") == "architecture 'nosuch' on task 'wine' is neither built in nor registered"
+
+
+class _Normed(torch.nn.Module):
+    """fc2 under weight_norm keeps no `fc2.weight` in its state_dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(13, 6), torch.nn.Linear(6, 5)
+        self.fc3, self.fc4 = torch.nn.Linear(5, 4), torch.nn.Linear(4, 3)
+        torch.nn.utils.parametrizations.weight_norm(self.fc2)
+
+    def forward(self, x):
+        return self.fc4(torch.tanh(self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))))
+
+
+def test_a_parametrised_layer_is_left_alone_not_a_crash(registered, monkeypatch):
+    """The units fc2 reads and writes stay in place; fc3's, between plain layers, are sorted."""
+    from weightvae.archs import ARCHITECTURES, Architecture
+    from weightvae.canonical import unit_groups
+
+    monkeypatch.setitem(ARCHITECTURES, "normed", Architecture(_Normed))
+    groups = unit_groups("normed", {}, "wine")
+    assert [[n for n, _, _ in members] for members, _ in groups] == [["fc3.weight", "fc3.bias", "fc4.weight"]]

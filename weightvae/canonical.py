@@ -90,11 +90,14 @@ def _groups(arch: str, kwargs_json: str, task: str | None) -> tuple[list[Group],
         for members, key in traced:  # each group alone: running the network permuted must give its outputs
             perm = torch.randperm(state[key[0]].shape[0])
             permuted = dict(state)
-            for name, axis, block in members:
-                permuted[name] = _permute(permuted[name], axis, block, perm, len(perm))
-            model.load_state_dict(permuted)
-            with torch.no_grad():
-                same = torch.allclose(model(x), y, rtol=1e-4, atol=1e-5 * float(y.abs().max()))
+            try:
+                for name, axis, block in members:
+                    permuted[name] = _permute(permuted[name], axis, block, perm, len(perm))
+                model.load_state_dict(permuted)
+                with torch.no_grad():
+                    same = torch.allclose(model(x), y, rtol=1e-4, atol=1e-5 * float(y.abs().max()))
+            except (RuntimeError, ValueError):  # a member that does not split into these units: not a group
+                same = False
             model.load_state_dict(state)
             if same:
                 kept.append((tuple(members), tuple(key)))

@@ -116,7 +116,7 @@ def trace_groups(model: nn.Module, example: Tensor) -> list[tuple[list[Member], 
         out = shape(node)
         if isinstance(op, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and node.op == "call_module":
             conv = not isinstance(op, nn.Linear)
-            if conv and op.groups != 1:
+            if (conv and op.groups != 1) or f"{node.target}.weight" not in state:  # grouped, or parametrised
                 spoil(node)
                 continue
             if first in units:
@@ -150,7 +150,7 @@ def trace_groups(model: nn.Module, example: Tensor) -> list[tuple[list[Member], 
                 units[node] = units[first]
             else:
                 spoil(node)
-        elif _is(op, RESHAPES) and carriers:
+        elif _is(op, RESHAPES) and first in units:
             g, axis, block = units[first]
             src = shape(first)
             if out == src:
