@@ -13,7 +13,8 @@ README says) runs `dvc repro evaluate` (ingest -> train -> encode -> reconstruct
 `metrics/eval.json` (test split) the bar the default zoo passes:
 compression >= 4x, fidelity gain vs the oracle substitute >= 0.5, retention >= 0.99, agreement >= PCA of the same
 size + 0.3. Prints JSON: each zoo's figures, each criterion's pass/fail, and the seconds each part took.
-`--compression R` sets `train.compression` (default: params.yaml's, 16). `--tiny`: 12 runs x 2 epochs and the
+`--compression R` sets `train.compression` (default: params.yaml's, 16); `--unsorted` sets `ingest.canonicalize: false`
+(hidden units in stored order: the control for sorting them). `--tiny`: 12 runs x 2 epochs and the
 CI-sized params of tests/ci_params.yaml (a smoke run; the bar is reported, not expected to pass). A full run
 (64 runs x 3 checkpoints each) takes minutes on 2 CPU cores (128 runs of each of the four zoos: about 10 minutes).
 """
@@ -76,7 +77,8 @@ def bar(head: dict, group: str) -> dict:
     return {"figures": figures, "passes": passes, "all_pass": all(passes.values())}
 
 
-def run_zoo(arch: str, root: Path, runs: int, epochs: int, tiny: bool, compression: float | None = None) -> dict:
+def run_zoo(arch: str, root: Path, runs: int, epochs: int, tiny: bool, compression: float | None = None,
+            canonicalize: bool = True) -> dict:
     t0 = time.perf_counter()
     zoo = root / f"{arch}_zoo"
     records = train_zoo(arch, zoo, runs=runs, epochs=epochs)
@@ -85,7 +87,8 @@ def run_zoo(arch: str, root: Path, runs: int, epochs: int, tiny: bool, compressi
     if compression is not None:
         overrides.setdefault("train", {})["compression"] = compression
     # a tiny zoo needs larger val/test shares to have any networks there
-    overrides.update(ingest={"zoo_dir": str(zoo), **({"split": [0.5, 0.25, 0.25]} if tiny else {})},
+    overrides.update(ingest={"zoo_dir": str(zoo), "canonicalize": canonicalize,
+                             **({"split": [0.5, 0.25, 0.25]} if tiny else {})},
                      registry=REGISTRY)
     repo = copy_repo(root / f"{arch}_repo", overrides)
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
@@ -113,6 +116,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3, help="checkpoints per run (one after each epoch)")
     ap.add_argument("--compression", type=float, default=None, help="train.compression (default: params.yaml's)")
+    ap.add_argument("--unsorted", action="store_true",
+                    help="ingest.canonicalize false: the hidden units in stored order (the control for sorting them)")
     ap.add_argument("--zoos", nargs="+", default=sorted(TASKS), choices=sorted(TASKS))
     ap.add_argument("--out", type=Path, default=None, help="keep the zoos and repository copies here")
     ap.add_argument("--tiny", action="store_true", help="12 runs x 2 epochs, CI-sized params: a smoke run")
@@ -123,7 +128,8 @@ def main() -> None:
     root = args.out or Path(tempfile.mkdtemp(prefix="weightvae-user-zoos-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        results = {arch: run_zoo(arch, root, runs, epochs, args.tiny, args.compression) for arch in args.zoos}
+        results = {arch: run_zoo(arch, root, runs, epochs, args.tiny, args.compression, not args.unsorted)
+                   for arch in args.zoos}
     except (AssertionError, subprocess.CalledProcessError) as e:
         keep = f"outputs under {root}" if args.out else "rerun with --out DIR to keep the outputs"
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
@@ -132,7 +138,8 @@ def main() -> None:
     finally:
         if args.out is None:
             shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps({"tiny": args.tiny, "runs": runs, "compression": args.compression, "results": results},
+    print(json.dumps({"tiny": args.tiny, "runs": runs, "compression": args.compression,
+                      "canonicalize": not args.unsorted, "results": results},
                      indent=1))
 
 
