@@ -1,6 +1,7 @@
 """Agreement against refinement steps: the trained codec (from its encoder's code) and the two controls.
 
     python benchmarks/refine_steps.py [--steps 0 50 200 800 1600] [--models 128] > metrics/refine_steps.json
+    python benchmarks/refine_steps.py --split train --no-controls --steps 0 10 50 200 > metrics/refine_steps_train.json
     python benchmarks/refine_steps.py --tiny     # a smoke run: a 20-run zoo, a codec trained one epoch
 
 On a seeded subset of the test split, each network's code is refined with the encode stage's refinement (its
@@ -8,6 +9,9 @@ learning rate, probe inputs and seed from params.yaml) for each step count, from
 (`vae`) and from the projection onto the controls' subspaces of the same size (`pca_refined`,
 `random_refined`, `weightvae.controls`); the decoded network's agreement with the original on the task's test
 inputs is averaged. What `encode.refine_steps` is chosen from: where the codec's curve flattens.
+
+On the training split (`--split train`) a fourth start, `vae_fitted`: the code auto-decoding fitted to each
+training network in the train stage (`weightvae.autodecode`). What `encode.fitted_refine_steps` is chosen from.
 
 A ceiling beside them, `full_refined`: the same refinement with nothing compressed, every (standardised) weight
 a free value, from the same start as `vae` (the network the encoder's code decodes to). What it reaches at a
@@ -56,6 +60,9 @@ def agreement(model, z: torch.Tensor, x: torch.Tensor, lids: list[str], keys: li
 def main() -> None:
     ap = arguments(__doc__.splitlines()[0], "test")
     ap.add_argument("--steps", type=int, nargs="+", default=[0, 50, 200, 800, 1600])
+    ap.add_argument("--split", choices=["test", "train"], default="test",
+                    help="train: also from the codes auto-decoding fitted (`vae_fitted`)")
+    ap.add_argument("--no-controls", dest="controls", action="store_false", help="the trained codec's curves only")
     args = ap.parse_args()
     if args.tiny:
         with tiny_inputs(args):
@@ -113,7 +120,8 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     enc = load_section(args.params, "encode", EncodeParams)
     train_p = load_section(args.params, "train", TrainParams)
-    out = curves(VAE.from_export(args.model), args.shards, enc, train_p, args.steps, args.models, args.seed)
+    out = curves(VAE.from_export(args.model), args.shards, enc, train_p, args.steps, args.models, args.seed,
+                 controls=args.controls, split=args.split)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out, indent=2))
 
@@ -133,8 +141,9 @@ def full_space(train_p: TrainParams, train_x: torch.Tensor, lid: str, model: VAE
 def curves(model: VAE, shards, enc: EncodeParams, train_p: TrainParams, steps: list[int], models: int, seed: int,
            controls: bool = True, split: str = "test") -> dict:
     """Agreement after each step count of `steps` on a seeded subset of `models` networks of `split`, refined from
-    `model`'s encoder (`vae`) and, with `controls`, from the projections onto the PCA and random subspaces of its
-    size (`pca_refined`, `random_refined`)."""
+    `model`'s encoder (`vae`), from the codes auto-decoding fitted where `model` has them for every network of the
+    subset (`vae_fitted`: training networks), and, with `controls`, from the projections onto the PCA and random
+    subspaces of its size (`pca_refined`, `random_refined`) and the whole network (`full_refined`)."""
     (lid,) = model.layout_ids  # one layout, as the default zoo
     test = ZooDataset(shards, split, normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:models].sort().values
@@ -144,7 +153,11 @@ def curves(model: VAE, shards, enc: EncodeParams, train_p: TrainParams, steps: l
     lids = model.batch_layout_ids(batch, len(x))
     keys = model.batch_function_keys(batch, lids)
     with torch.no_grad():
-        starts = {"vae": (model, model.encode(batch).mode())}
+        z_enc = model.encode(batch).mode()
+    starts = {"vae": (model, z_enc, None)}
+    ids = [pr["id"] for pr in batch["model_properties"]]
+    if all(i in model.fitted_codes for i in ids):
+        starts["vae_fitted"] = (model, z_enc, torch.stack([model.fitted_codes[i] for i in ids]))
     if controls:
         train = ZooDataset(shards, "train", normalize=model.normalize, layout_id=lid, max_len=model.cfg.max_len)
         train_x = torch.stack([train.vector(i) for i in range(len(train))])
@@ -155,17 +168,19 @@ def curves(model: VAE, shards, enc: EncodeParams, train_p: TrainParams, steps: l
             c.load_state_dict(norms, strict=False)
             c = subspace_module(kind, train_x, model.latent_size(), c, seed=0)
             with torch.no_grad():
-                starts[f"{kind}_refined"] = (c, c.net.encode(x).mode())
+                starts[f"{kind}_refined"] = (c, c.net.encode(x).mode(), None)
         full = full_space(train_p, train_x, lid, model, norms)
         with torch.no_grad():  # the start of `vae`, as a free network: its decoded code less the mean
-            starts["full_refined"] = (full, model.decode(starts["vae"][1]) - full.net.from_latent.bias)
-    out = {"models": len(pick), "latent_size": model.latent_size(), "refine_lr": enc.refine_lr,
+            starts["full_refined"] = (full, model.decode(z_enc) - full.net.from_latent.bias, None)
+    out = {"split": split, "models": len(pick), "latent_size": model.latent_size(), "refine_lr": enc.refine_lr,
            "probe_count": enc.probe_count, "probe_batch": enc.probe_batch, "steps": list(steps),
-           "agreement": {name: [] for name in starts}}
+           "agreement": {name: [] for name in starts}, "behaviour_kl": {name: [] for name in starts}}
     for n in steps:
-        for name, (m, z0) in starts.items():
-            z, _, _ = refine(m, z0, x, lids, keys, n, enc.refine_lr, enc.probe_count, enc.probe_batch, enc.seed)
+        for name, (m, z0, start) in starts.items():
+            z, _, kl = refine(m, z0, x, lids, keys, n, enc.refine_lr, enc.probe_count, enc.probe_batch, enc.seed,
+                              start=start)
             out["agreement"][name].append(agreement(m, z, x, lids, keys))
+            out["behaviour_kl"][name].append(float(kl.mean()))
         print(f"{n} steps: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in out["agreement"].items()),
               file=sys.stderr, flush=True)
     return out

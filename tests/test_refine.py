@@ -3,6 +3,7 @@ a network cannot be run, and never depend on the batch they are refined in."""
 
 import json
 import math
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -158,6 +159,37 @@ def test_encode_writes_every_models_code_once_with_its_kl(trained, tmp_path):
     assert json.loads(json.dumps(m)) == m
     with pytest.raises(ParamsError, match=r"encode\.splits: \['train', 'train'\] is not allowed"):
         build(EncodeParams, {"splits": ["train", "train"]}, "encode")
+
+
+def test_encode_starts_training_networks_at_the_codes_autodecoding_fitted(trained, tmp_path):
+    """A codec carrying fitted codes for its training networks (as the train stage's auto-decoding leaves them;
+    here the codes 5 refinement steps reach, planted): with `fitted_refine_steps: 0` encode gives exactly those
+    codes for the training split and refines the others from their encoder's code as before; with `null` the
+    fitted codes are ignored."""
+    p = EncodeParams(refine_steps=5, probe_count=32, probe_batch=8, fitted_refine_steps=None)
+    encode(p, trained / "shards", trained / "vae.ckpt", tmp_path / "ref.parquet")
+    ref = {r["id"]: r for r in pq.read_table(tmp_path / "ref.parquet").to_pylist()}
+    vae = VAE.from_export(str(trained / "vae.ckpt"))
+    assert vae.fitted_codes == {}  # a linear codec: no auto-decoding
+    vae.fitted_codes = {i: torch.tensor(r["latent"]) for i, r in ref.items() if r["split"] == "train"}
+    torch.save(vae.export(), tmp_path / "fitted.ckpt")
+    loaded = VAE.from_export(str(tmp_path / "fitted.ckpt")).fitted_codes
+    assert sorted(loaded) == sorted(vae.fitted_codes)
+    assert all(torch.equal(loaded[i], c) for i, c in vae.fitted_codes.items())  # the export keeps them exactly
+
+    m = encode(replace(p, fitted_refine_steps=0), trained / "shards", tmp_path / "fitted.ckpt", tmp_path / "z.parquet")
+    got = {r["id"]: r for r in pq.read_table(tmp_path / "z.parquet").to_pylist()}
+    assert m["splits"]["train"]["from_fitted_codes"] == len(vae.fitted_codes) > 0
+    assert m["splits"]["val"]["from_fitted_codes"] == m["splits"]["test"]["from_fitted_codes"] == 0
+    for i, r in got.items():
+        assert r["latent"] == ref[i]["latent"], i  # training networks: the fitted code itself; others as before
+        assert r["latent_encoder"] == ref[i]["latent_encoder"] and r["behaviour_kl_encoder"] == pytest.approx(
+            ref[i]["behaviour_kl_encoder"], rel=1e-6)
+        assert r["behaviour_kl"] == pytest.approx(ref[i]["behaviour_kl"], rel=1e-5, abs=1e-9)
+    encode(replace(p, fitted_refine_steps=None), trained / "shards", tmp_path / "fitted.ckpt", tmp_path / "n.parquet")
+    assert pq.read_table(tmp_path / "n.parquet").to_pylist() == pq.read_table(tmp_path / "ref.parquet").to_pylist()
+    with pytest.raises(ParamsError, match=r"encode\.fitted_refine_steps: -1 is not allowed; need null"):
+        build(EncodeParams, {"fitted_refine_steps": -1}, "encode")
 
 
 def test_probes_are_training_inputs():

@@ -54,15 +54,17 @@ class RowAdam:
         self.table[rows] -= lr * m_hat / (v_hat.sqrt() + EPS)
 
 
-def autodecode(model, batch: dict[str, Any], p, log: Callable[[str], None] = print) -> dict[str, float]:
+def autodecode(model, batch: dict[str, Any], p,
+               log: Callable[[str], None] = print) -> tuple[dict[str, float], dict[str, Tensor]]:
     """Fit `model`'s decoder (a `VAE` of `codec: function`; its `decoder` and `from_latent`) and one code per
     network of `batch` (the whole training split, as `weightvae.data.collate` stacks it) for
     `p.autodecode_epochs` epochs; the encoder is not touched. Returns the training networks' mean behavioural
     KL on `p.behaviour_batch` seeded training inputs of their task, before (the encoder's codes, the decoder as
     Lightning left it) and after (the fitted codes and decoder), over the networks weightvae can run (the
-    others have no behavioural loss and are left out), and the seconds it took."""
+    others have no behavioural loss and are left out), and the seconds it took; and the fitted codes of those
+    networks by id (the encode stage starts them there: `encode.fitted_refine_steps`)."""
     if p.autodecode_epochs == 0:
-        return {}
+        return {}, {}
     x, mask, layer = batch["weight"], batch["mask"], batch["layer"]
     lids = model.batch_layout_ids(batch, len(x))
     keys = model.batch_function_keys(batch, lids)
@@ -70,7 +72,7 @@ def autodecode(model, batch: dict[str, Any], p, log: Callable[[str], None] = pri
               if k in model.functional}
     if not groups:
         log("autodecode: none of the training networks can be run; the decoder stays as trained")
-        return {}
+        return {}, {}
     t0 = time.perf_counter()
     model.eval()  # no dropout anywhere in the codec; eval keeps Lightning's modes out of it
     with torch.no_grad():
@@ -116,7 +118,8 @@ def autodecode(model, batch: dict[str, Any], p, log: Callable[[str], None] = pri
     log(f"autodecode: {p.autodecode_epochs} epochs of the decoder and {out['networks']} training codes together, "
         f"behavioural KL {out['behaviour_kl_encoder_codes']:.4f} (the encoder's codes, the decoder as trained) -> "
         f"{out['behaviour_kl']:.4f} (fitted) in {out['seconds']}s")
-    return out
+    ran = torch.cat(list(groups.values())).sort().values
+    return out, {batch["model_properties"][i]["id"]: codes[i].clone() for i in ran.tolist()}
 
 
 @torch.no_grad()

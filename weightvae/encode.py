@@ -38,6 +38,8 @@ class EncodeParams:
 
     splits: tuple[str, ...] = SPLITS  # reconstruct's KDE sampler needs train; probes need all three
     refine_steps: int = 200  # Adam steps on each code (0: the encoder's code alone)
+    fitted_refine_steps: int | None = 0  # training networks with a code auto-decoding fitted: steps from there
+    # (None: from the encoder's code, `refine_steps`, like the rest)
     refine_lr: float = 0.2  # first learning rate of the cosine schedule (chosen on val: benchmarks/refine_lr.py)
     probe_count: int | None = None  # the task's training inputs the function is matched on (None: all)
     probe_batch: int = 16  # probe inputs scored per step, visiting all of them in a seeded order
@@ -48,6 +50,8 @@ class EncodeParams:
         require(len(self.splits) > 0 and set(self.splits) <= set(SPLITS) and len(set(self.splits)) == len(self.splits),
                 "encode.splits", list(self.splits), f"choose distinct splits from {list(SPLITS)}")
         require(self.refine_steps >= 0, "encode.refine_steps", self.refine_steps, "need >= 0")
+        require(self.fitted_refine_steps is None or self.fitted_refine_steps >= 0, "encode.fitted_refine_steps",
+                self.fitted_refine_steps, "need null (from the encoder's code) or >= 0")
         require(self.refine_lr > 0, "encode.refine_lr", self.refine_lr, "need > 0")
         require(self.probe_count is None or self.probe_count >= 1, "encode.probe_count", self.probe_count,
                 "need null (every training input) or >= 1")
@@ -69,6 +73,7 @@ def encode(p: EncodeParams, shards: str | Path, model_path: str | Path, out: str
     datasets = {(s, lid): ZooDataset(shards, s, normalize=model.normalize, layout_id=lid,
                                      max_len=None if own else model.cfg.max_len)
                 for s in p.splits for lid in model.layout_ids}
+    fitted = dict.fromkeys(p.splits, 0)  # networks started at their auto-decoded code, per split
     with Progress("encode", total=sum(len(d) for d in datasets.values()), unit="networks") as bar:
         for (split, _), ds in datasets.items():
             for batch in ZooDataModule.loader(ds, batch_size=rows_per_batch(p.batch_size, ds.max_len)):
@@ -77,8 +82,15 @@ def encode(p: EncodeParams, shards: str | Path, model_path: str | Path, out: str
                 keys = model.batch_function_keys(batch, lids)
                 with torch.no_grad():
                     z0 = model.encode(batch).mode()
-                z, before, after = refine(model, z0, x, lids, keys, p.refine_steps, p.refine_lr, p.probe_count,
-                                          p.probe_batch, p.seed)
+                ids = [pr["id"] for pr in props]
+                if p.fitted_refine_steps is not None and all(i in model.fitted_codes for i in ids):
+                    start = torch.stack([model.fitted_codes[i] for i in ids]).view_as(z0)  # training networks
+                    steps = p.fitted_refine_steps
+                else:
+                    start, steps = None, p.refine_steps
+                z, before, after = refine(model, z0, x, lids, keys, steps, p.refine_lr, p.probe_count,
+                                          p.probe_batch, p.seed, start=start)
+                fitted[split] += len(ids) if start is not None else 0
                 for pr, zi, ei, b, a in zip(props, z, z0, before.tolist(), after.tolist(), strict=True):
                     rows.append({"id": pr["id"], "split": split, "task": pr["task"], "architecture": pr["architecture"],
                                  "layout_id": pr["layout_id"], "run_id": pr["run_id"], "epoch": pr["epoch"],
@@ -88,17 +100,20 @@ def encode(p: EncodeParams, shards: str | Path, model_path: str | Path, out: str
                                  "behaviour_kl": None if math.isnan(a) else a})
                 bar.update(len(x))
     write_latents(out, rows)
-    return _metrics(rows, model, p, time.perf_counter() - t0)
+    return _metrics(rows, fitted, model, p, time.perf_counter() - t0)
 
 
-def _metrics(rows: list[dict[str, Any]], model, p: EncodeParams, seconds: float) -> dict[str, Any]:
+def _metrics(rows: list[dict[str, Any]], fitted: dict[str, int], model, p: EncodeParams,
+             seconds: float) -> dict[str, Any]:
     sizes = {lid: model.latent_size(lid) for lid in model.layout_ids} or {"": model.latent_size()}
     out: dict[str, Any] = {"latent_size": sizes.popitem()[1] if len(set(sizes.values())) == 1 else sizes,
-                           "refine_steps": p.refine_steps, "splits": {}}
+                           "refine_steps": p.refine_steps, "fitted_refine_steps": p.fitted_refine_steps,
+                           "splits": {}}
     for split in p.splits:
         mine = [r for r in rows if r["split"] == split]
         ran = [r for r in mine if r["behaviour_kl"] is not None]
-        s: dict[str, Any] = {"models": len(mine), "refined": len(ran) if p.refine_steps else 0}
+        s: dict[str, Any] = {"models": len(mine), "refined": len(ran) if p.refine_steps else 0,
+                             "from_fitted_codes": fitted[split]}
         kept = sorted({f"{r['task']}/{r['architecture']}" for r in mine if r["behaviour_kl"] is None})
         if kept:
             s["unrefined_groups"] = kept  # weightvae cannot run them: they keep the encoder's code

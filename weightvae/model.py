@@ -73,6 +73,7 @@ class VAE(L.LightningModule):
             from weightvae.layout import Layout
 
             self._layouts = {k: Layout.from_dict(v["layout"]) for k, v in self.functional.items()}
+        self.fitted_codes: dict[str, Tensor] = {}  # network id -> the code auto-decoding fitted it (`export`)
 
     @property
     def measured_latent(self) -> int:
@@ -365,8 +366,14 @@ class VAE(L.LightningModule):
 
     # ---- self-describing export, loadable without a Trainer
     def export(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "hyper_parameters": dict(self.hparams),
-                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+        """The hyperparameters, the weights and, after auto-decoding, the code it fitted to each training network
+        (`fitted_codes`: `{"ids": [...], "codes": [N, *latent]}`; the encode stage starts those networks there)."""
+        out = {"format_version": FORMAT_VERSION, "hyper_parameters": dict(self.hparams),
+               "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+        if self.fitted_codes:
+            ids = sorted(self.fitted_codes)
+            out["fitted_codes"] = {"ids": ids, "codes": torch.stack([self.fitted_codes[i] for i in ids]).cpu()}
+        return out
 
     @classmethod
     def from_export(cls, path: str) -> VAE:
@@ -376,6 +383,9 @@ class VAE(L.LightningModule):
                              "retrain with this version of weightvae (dvc repro train)")
         model = cls(**blob["hyper_parameters"])
         model.load_state_dict(blob["state_dict"])
+        if "fitted_codes" in blob:
+            fitted = blob["fitted_codes"]
+            model.fitted_codes = dict(zip(fitted["ids"], fitted["codes"], strict=True))
         return model.eval()
 
 

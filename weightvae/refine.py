@@ -36,13 +36,15 @@ def probe_schedule(n_probes: int, steps: int, batch: int, seed: int = 0) -> Tens
 
 
 def refine(model, z0: Tensor, x: Tensor, layout_ids: Sequence[str], keys: Sequence[str], steps: int, lr: float,
-           probe_count: int | None, probe_batch: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """Refined codes `[B, *latent]` of the (normalised, flat) networks `x` `[B, L]`, starting at `z0`,
-    and each network's behavioural KL on all its probes `[B]` before and after (NaN where the network
-    cannot be run: its code stays `z0`). `probe_count`: probe inputs per task (None: every training input); the
+           probe_count: int | None, probe_batch: int, seed: int = 0,
+           start: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Refined codes `[B, *latent]` of the (normalised, flat) networks `x` `[B, L]`, starting at `z0`
+    (the encoder's code) or at `start` where given (a training network's code fitted by auto-decoding), and each
+    network's behavioural KL on all its probes `[B]` at `z0` and at the end (NaN where the network cannot be
+    run: its code stays `z0`). `probe_count`: probe inputs per task (None: every training input); the
     learning rate follows a cosine from `lr` to 0 over `steps`, so the last steps settle. Refinement never leaves
-    a network worse than it started: one whose KL on its probes ends above where it began (a step size too large
-    for its landscape) keeps `z0`.
+    a network worse than `z0`: one whose KL on its probes ends above `z0`'s (a step size too large for its
+    landscape) keeps `z0`.
     The code's leading `model.measured_latent` values (each tensor's or unit's log-std and mean,
     `train.tensor_scales`) are statistics of the weights, not free values: they are kept. Moved, they drift
     along the directions the function ignores (a ReLU layer scaled up and the next one down) and stop saying
@@ -60,22 +62,25 @@ def refine(model, z0: Tensor, x: Tensor, layout_ids: Sequence[str], keys: Sequen
         with torch.no_grad():
             ref = model.network_logits(x[rows], ids, key, probes)  # [b, P, K]
             before[rows] = _kl(model, z[rows], ids, key, probes, ref).double().cpu()
-        fixed = z[rows, :measured]  # measured statistics of the weights (`tensor_scales`) stay as they are
-        code = z[rows, measured:].clone().requires_grad_(True)
-        if steps > 0:
-            opt = torch.optim.Adam([code], lr=lr)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-            for idx in probe_schedule(len(probes), steps, probe_batch, seed):
-                loss = _kl(model, torch.cat([fixed, code], 1), ids, key, probes[idx], ref[:, idx]).sum()
-                (code.grad,) = torch.autograd.grad(loss, [code])  # the code's gradient only, none for the VAE's
-                opt.step()
-                sched.step()
-        with torch.no_grad():
-            z[rows, measured:] = code.detach()
-            after[rows] = _kl(model, z[rows], ids, key, probes, ref).double().cpu()
-            worse = rows[(after[rows] > before[rows]) | after[rows].isnan()]  # they keep their start
-            z[worse] = z0.detach()[worse].to(z)
-            after[worse] = before[worse]
+        if steps == 0 and start is None:  # nothing moves: the KL at the end is the KL at z0
+            after[rows] = before[rows]
+        else:
+            fixed = z[rows, :measured]  # measured statistics of the weights (`tensor_scales`) stay as they are
+            code = (z if start is None else start.detach().to(z))[rows, measured:].clone().requires_grad_(True)
+            if steps > 0:
+                opt = torch.optim.Adam([code], lr=lr)
+                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+                for idx in probe_schedule(len(probes), steps, probe_batch, seed):
+                    loss = _kl(model, torch.cat([fixed, code], 1), ids, key, probes[idx], ref[:, idx]).sum()
+                    (code.grad,) = torch.autograd.grad(loss, [code])  # the code's gradient only, none for the VAE's
+                    opt.step()
+                    sched.step()
+            with torch.no_grad():
+                z[rows, measured:] = code.detach()
+                after[rows] = _kl(model, z[rows], ids, key, probes, ref).double().cpu()
+                worse = rows[(after[rows] > before[rows]) | after[rows].isnan()]  # they keep z0
+                z[worse] = z0.detach()[worse].to(z)
+                after[worse] = before[worse]
         if not bool(torch.isfinite(after[rows]).all()):  # NaN stands for "cannot be run": never let it mean this
             raise FloatingPointError(f"refine: {int((~torch.isfinite(after[rows])).sum())} of {len(rows)} networks "
                                      f"of {key} give non-finite outputs, from the encoder's code and after "

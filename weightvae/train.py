@@ -267,7 +267,7 @@ def train(p: TrainParams, shards: str | Path, out: str | Path, ckpt_dir: str | P
             from weightvae.autodecode import autodecode
             from weightvae.data import collate
 
-            ad = autodecode(model, collate([ds[i] for i in range(len(ds))]), p)
+            ad, model.fitted_codes = autodecode(model, collate([ds[i] for i in range(len(ds))]), p)
             metrics.update({f"autodecode/{k}": v for k, v in ad.items()})
         with atomic_path(out) as tmp:
             torch.save(model.export(), tmp)
