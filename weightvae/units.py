@@ -40,8 +40,6 @@ POOLING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
 BINARY = (operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div,
           "add", "sub", "mul", "div")
 RESHAPES = (torch.flatten, nn.Flatten, "flatten", "view", "reshape")
-#: the layers whose output units are followed
-LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _is(op, kinds) -> bool:
@@ -86,8 +84,7 @@ class _Groups:
 
 def trace_groups(model: nn.Module, example: Tensor) -> list[tuple[list[Member], list[str]]]:
     """The hidden-unit groups of `model` as its forward on `example` `[B, ...]` wires them: for each, the
-    members permuted together and the key (the producing layers' weight and bias, whose rows sort the units;
-    a BatchNorm's scale and shift in place of the layer it follows directly).
+    members permuted together and the key (the producing layers' weight and bias, whose rows sort the units).
     Raises what `torch.fx` raises on a forward it cannot trace (control flow on the data)."""
     params = inspect.signature(model.forward).parameters
     optional = {n: p.default for i, (n, p) in enumerate(params.items()) if i > 0 and p.default is not p.empty}
@@ -117,7 +114,7 @@ def trace_groups(model: nn.Module, example: Tensor) -> list[tuple[list[Member], 
         carriers = [a for a in node.all_input_nodes if a in units]
         first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         out = shape(node)
-        if isinstance(op, LAYERS) and node.op == "call_module":
+        if isinstance(op, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and node.op == "call_module":
             conv = not isinstance(op, nn.Linear)
             if (conv and op.groups != 1) or f"{node.target}.weight" not in state:  # grouped, or parametrised
                 spoil(node)
@@ -143,14 +140,8 @@ def trace_groups(model: nn.Module, example: Tensor) -> list[tuple[list[Member], 
                 spoil(node)
                 continue
             names = ("weight", "bias") if layer else ("weight", "bias", "running_mean", "running_var")
-            g = groups.find(g)
-            groups.members[g] += [(f"{node.target}.{t}", 0, 1) for t in names if f"{node.target}.{t}" in state]
-            affine = [f"{node.target}.{t}" for t in ("weight", "bias") if f"{node.target}.{t}" in state]
-            if not layer and affine and first.op == "call_module" and isinstance(modules[first.target], LAYERS):
-                # BatchNorm right after the layer divides its rows' scale away: each unit's output is BatchNorm's
-                # scale and shift of a standardised signal, so these are its key
-                produced = {f"{first.target}.weight", f"{first.target}.bias"}
-                groups.key[g] = [k for k in groups.key[g] if k not in produced] + affine
+            groups.members[groups.find(g)] += [(f"{node.target}.{t}", 0, 1) for t in names
+                                               if f"{node.target}.{t}" in state]
             units[node] = units[first]
         elif _is(op, ELEMENTWISE) and first in units and carriers == [first]:
             units[node] = units[first]
