@@ -3,12 +3,13 @@
     python benchmarks/encode_batch.py [--batch-sizes 128 256 512] [--split train] > metrics/encode_batch.json
     python benchmarks/encode_batch.py --tiny     # a smoke run: a 20-run zoo, a codec trained one epoch, 2 steps
 
-Runs the encode stage's own `encode()` (every network of `--split`, the refinement params of params.yaml) once
-per batch size, one after another in this process, and reports the seconds, networks/s, each speed over the
-first size's (the baseline of the same run), the largest and the mean difference of the codes from the first
-size's, and the mean behavioural KL after refinement. A code does not depend on which networks share its batch
-(tests/test_refine.py), but the size of a matrix product can change how it rounds, and 200 Adam steps can grow
-a last-bit difference in a few codes: the differences say how much. Whole-network batches hold at most 1 M
+Runs the encode stage's own `encode()` (every network of `--split`, the refinement params of params.yaml, each
+network from its encoder's code: `encode.fitted_refine_steps` null) once per batch size, one after another in
+this process, and reports the seconds, networks/s, each speed over the first size's (the baseline of the same
+run), the largest and the mean difference of the codes from the first size's, and the mean behavioural KL after
+refinement. A code does not depend on which networks share its batch (tests/test_refine.py), but the size of a
+matrix product can change how it rounds, and 200 Adam steps can grow a last-bit difference in a few codes: the
+differences say how much. Whole-network batches hold at most 1 M
 weights (`weightvae.data.rows_per_batch`): `rows` is the batch each size gave. Prints JSON.
 """
 
@@ -61,8 +62,9 @@ def run(args: argparse.Namespace, enc: EncodeParams) -> None:
         for size in args.batch_sizes:
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(sys.stderr):  # the stage's progress lines: stdout is the JSON
-                m = encode(replace(enc, splits=(args.split,), batch_size=size), args.shards, args.model,
-                           Path(tmp) / f"{size}.parquet")
+                # every network refined from its encoder's code, the training split's too (not its fitted codes)
+                m = encode(replace(enc, splits=(args.split,), batch_size=size, fitted_refine_steps=None), args.shards,
+                           args.model, Path(tmp) / f"{size}.parquet")
             seconds = time.perf_counter() - t0
             rows, z = read_latents(Path(tmp) / f"{size}.parquet", args.split)
             order = np.argsort([r["id"] for r in rows])

@@ -28,6 +28,7 @@ SMOKE = {
     "refine_lr.py": ["--tiny"],
     "encode_batch.py": ["--tiny"],
     "codec_variants.py": ["--tiny"],
+    "encoder_refit.py": ["--tiny"],
 }
 
 
@@ -145,6 +146,16 @@ def _codec_variants(out: dict) -> bool:
     return all(0 <= v[k] <= 1 for v in out["variants"].values() for k in ("encoder", "refined"))
 
 
+def _encoder_refit(out: dict) -> bool:
+    """The encoder as trained and both refits, each judged on the training and the val networks; a refit of one
+    epoch or two leaves agreements in [0, 1]."""
+    assert list(out["variants"]) == ["as_trained", "refit_codes", "refit_function"]
+    assert (out["variants"]["refit_codes"]["epochs"], out["variants"]["refit_function"]["epochs"]) == (2, 1)
+    assert out["train_networks"] > 0 and out["val_networks"] > 0
+    return all(0 <= v[s] <= 1 for v in out["variants"].values() for s in ("train", "val")) and \
+        0 <= out["fitted_codes_train"] <= 1
+
+
 CHECKS = {
     "ingest.py": lambda out: [(e["workers_1"]["models"], e["workers_2"]["models"], e["loader"]["batch_size"])
                               for e in out["sizes"].values()] == [(20, 20, 64)],
@@ -164,6 +175,7 @@ CHECKS = {
     "refine_lr.py": _refine_lr,
     "encode_batch.py": _encode_batch,
     "codec_variants.py": _codec_variants,
+    "encoder_refit.py": _encoder_refit,
 }
 
 
@@ -181,6 +193,18 @@ def test_benchmark_runs_and_prints_json(script, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout[res.stdout.index("{"):])  # the last thing printed is one JSON document
     assert CHECKS[script](out) is not False, out
+
+
+@pytest.mark.slow
+def test_refine_steps_on_the_training_split_starts_from_the_fitted_codes_too():
+    """`--split train`: the training networks refined from their encoder's code and from the code auto-decoding
+    fitted them (the tiny codec's train stage ran it); with no step the fitted code is the better one."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "refine_steps.py"), "--tiny", "--split", "train",
+                          "--no-controls"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["split"] == "train" and out["steps"] == [0, 2] and set(out["agreement"]) == {"vae", "vae_fitted"}
+    assert out["behaviour_kl"]["vae_fitted"][0] < out["behaviour_kl"]["vae"][0]
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@ Euler steps from seeded noise. A prompted network is the best of `select_from` d
 flow's own draws miss their prompt by 0.05 on average, their decoded networks' accuracy on the task's training
 inputs tells which draw hits it.
 
-The stage `generator` trains it on the training split's refined codes (`model_data/latents.parquet`) and exports it
+The stage `generator` trains it on the training split's codes (`model_data/latents.parquet`: the codes
+auto-decoding fitted, `encode.fitted_refine_steps`) and exports it
 (`LatentGenerator.export`: plain tensors and lists, loadable with `torch.load(weights_only=True)`).
 """
 
