@@ -8,8 +8,8 @@ Lightning trains the encoder; auto-decoding then moves the decoder and fits a co
 and its MLP) is fitted further, the decoder frozen, on the training split, in two ways: `refit_codes` regresses
 the codes auto-decoding fitted (squared error, `--epochs-codes` epochs); `refit_function` minimises the decoded
 networks' behavioural KL on `train.behaviour_batch` fresh training inputs a step, times `train.behaviour_weight`
-(training's behavioural loss, `--epochs-function` epochs). Both: AdamW (`--lr-codes`, `--lr-function`), cosine, batches of
-`train.batch_size`, seeded. The encoder's code alone is judged by the decoded network's agreement with the original
+(training's behavioural loss, `--epochs-function` epochs). Both: AdamW (`--lr-codes`, `--lr-function`), cosine,
+batches of `train.batch_size`, seeded. The encoder's code alone is judged by the decoded network's agreement with the original
 on the task's test inputs, on the training networks and on the **val** split (the test split is never read).
 If a refit gives the training networks their fitted codes' agreement but the val networks no more than before,
 what limits the encoder is how it carries over to runs it has not seen, not where it was trained to land.

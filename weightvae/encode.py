@@ -5,9 +5,9 @@ The encoder's posterior mean starts each code; `refine_steps` of latent refineme
 probe inputs from the task's training set. A training network that auto-decoding fitted a code to (the
 function codec's train stage, `VAE.fitted_codes`) starts there instead and takes `fitted_refine_steps`
 (default 0: the fitted code is kept, unless the encoder's code matches the network better). Networks
-weightvae cannot run (no built-in or batched architecture) keep the encoder's mean. The codes are computed once here and shared by everything
-downstream: reconstruct decodes them (and samples around the training split's), the probe stage
-reads properties off them.
+weightvae cannot run (no built-in or batched architecture) keep the encoder's mean. The codes are computed
+once here and shared by everything downstream: reconstruct decodes them (and samples around the training
+split's), the probe stage reads properties off them.
 
 Output (one Parquet file, replaced atomically): one row per model with its id, split, task,
 architecture, layout, run, epoch, `latent` (flattened), `latent_encoder` (the encoder's code before
