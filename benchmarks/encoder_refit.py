@@ -56,9 +56,8 @@ def split_inputs(model: VAE, shards, split: str) -> dict:
 
 
 def code(net, d: dict, rows=slice(None)) -> torch.Tensor:
-    """The function codec's encoder (`FunctionAutoencoder.encode`) on rows of `d`."""
-    x = d["x"][rows]
-    return net.to_latent(x) + net.encoder(torch.cat([x, d["cond"][rows].to(x)], 1))
+    """The function codec's encoder on rows of `d`: their codes."""
+    return net.encode(d["x"][rows], d["cond"][rows]).mode()
 
 
 def refit(model: VAE, tr: dict, mode: str, epochs: int, lr: float, p: TrainParams) -> torch.nn.Module:

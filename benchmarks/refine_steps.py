@@ -12,6 +12,8 @@ inputs is averaged. What `encode.refine_steps` is chosen from: where the codec's
 
 On the training split (`--split train`) a fourth start, `vae_fitted`: the code auto-decoding fitted to each
 training network in the train stage (`weightvae.autodecode`). What `encode.fitted_refine_steps` is chosen from.
+Beside each agreement, the mean behavioural KL on the task's training inputs and the seconds refinement took
+(`refine_seconds`, with its KLs before and after, one after another in this run: what a start saves).
 
 A ceiling beside them, `full_refined`: the same refinement with nothing compressed, every (standardised) weight
 a free value, from the same start as `vae` (the network the encoder's code decodes to). What it reaches at a
@@ -174,11 +176,14 @@ def curves(model: VAE, shards, enc: EncodeParams, train_p: TrainParams, steps: l
             starts["full_refined"] = (full, model.decode(z_enc) - full.net.from_latent.bias, None)
     out = {"split": split, "models": len(pick), "latent_size": model.latent_size(), "refine_lr": enc.refine_lr,
            "probe_count": enc.probe_count, "probe_batch": enc.probe_batch, "steps": list(steps),
-           "agreement": {name: [] for name in starts}, "behaviour_kl": {name: [] for name in starts}}
+           "agreement": {name: [] for name in starts}, "behaviour_kl": {name: [] for name in starts},
+           "refine_seconds": {name: [] for name in starts}}
     for n in steps:
         for name, (m, z0, start) in starts.items():
+            t0 = time.perf_counter()
             z, _, kl = refine(m, z0, x, lids, keys, n, enc.refine_lr, enc.probe_count, enc.probe_batch, enc.seed,
                               start=start)
+            out["refine_seconds"][name].append(round(time.perf_counter() - t0, 2))  # with its KLs, in this run
             out["agreement"][name].append(agreement(m, z, x, lids, keys))
             out["behaviour_kl"][name].append(float(kl.mean()))
         print(f"{n} steps: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in out["agreement"].items()),

@@ -205,6 +205,7 @@ def test_refine_steps_on_the_training_split_starts_from_the_fitted_codes_too():
     out = json.loads(res.stdout[res.stdout.index("{"):])
     assert out["split"] == "train" and out["steps"] == [0, 2] and set(out["agreement"]) == {"vae", "vae_fitted"}
     assert out["behaviour_kl"]["vae_fitted"][0] < out["behaviour_kl"]["vae"][0]
+    assert all(len(v) == 2 and min(v) >= 0 for v in out["refine_seconds"].values())
 
 
 @pytest.mark.slow
